@@ -1,0 +1,194 @@
+"""Transformer building blocks shared by the generators and the pixel heads.
+
+Two families, as in the reference:
+* `ViTBlock` (timm-style pre-LN block: LayerNorm, MHSA with biases, GELU MLP) used by MAR levels
+  (bidirectional) and pixel heads (causal);
+* `LlamaBlock` (LlamaGen-style: RMSNorm, bias-free attention with 2-D RoPE, SwiGLU) used by AR
+  levels, with a KV cache for one-token-at-a-time sampling.
+Attention runs through `F.scaled_dot_product_attention`. Module names match the reference so its
+state_dicts load unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool, *args) -> torch.Tensor:
+    """Apply `blocks` in turn, recomputing activations in backward when `checkpointing`."""
+    for block in blocks:
+        if checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, *args, use_reentrant=False)
+        else:
+            x = block(x, *args)
+    return x
+
+
+# ---------------------------------------------------------------------------- timm-style ViT block
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        p = self.attn_drop if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)  # (B, H, N, d)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class ViTBlock(nn.Module):
+    """Pre-LN transformer block (LayerNorm eps 1e-6, MLP ratio 4); `causal` for the pixel heads."""
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 causal: bool = False):
+        super().__init__()
+        self.causal = causal
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, 4 * dim, proj_drop)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x), self.causal)
+        return x + self.mlp(self.norm2(x))
+
+
+# ---------------------------------------------------------------------------- LlamaGen-style AR block
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def swiglu_hidden(dim: int, multiple_of: int = 256) -> int:
+    """LlamaGen's FFN width: round_up(floor(2·4·dim/3), 256) (1024 → 2816, 512 → 1536)."""
+    hidden = int(2 * 4 * dim / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, drop: float):
+        super().__init__()
+        hidden = swiglu_hidden(dim)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.ffn_dropout = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def rope_2d_table(grid: int, head_dim: int, num_cond: int = 1, base: float = 10000.0) -> torch.Tensor:
+    """(num_cond + grid², head_dim/2, 2) cos/sin table of LlamaGen's 2-D RoPE.
+
+    Pair j < head_dim/4 rotates by row·ω_j, pair head_dim/4 + j by column·ω_j, ω_j = base^(-4j/head_dim).
+    The leading condition rows are all zeros (cos = sin = 0), as in the reference: the condition
+    token's query and key become zero, so it acts only through its value.
+    """
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    f = torch.outer(torch.arange(grid, dtype=torch.float32), freqs)  # (G, d/4)
+    grid_f = torch.cat([f[:, None, :].expand(-1, grid, -1), f[None, :, :].expand(grid, -1, -1)], dim=-1)
+    table = torch.stack([torch.cos(grid_f), torch.sin(grid_f)], dim=-1).flatten(0, 1)  # (G², d/2, 2)
+    return torch.cat([torch.zeros(num_cond, half, 2), table])
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x (B, N, H, d) by table (N, d/2, 2), in fp32."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    t = table.view(1, xs.size(1), 1, xs.size(3), 2)
+    out = torch.stack([xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1],
+                       xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+class KVCache:
+    """Keys and values of the tokens decoded so far, one (rows, H, S, d) buffer pair per block."""
+
+    def __init__(self, rows: int, num_heads: int, max_len: int, head_dim: int, device, dtype):
+        self.k = torch.zeros(rows, num_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor):
+        n = k.size(2)
+        self.k[:, :, pos:pos + n] = k
+        self.v[:, :, pos:pos + n] = v
+        return self.k[:, :, :pos + n], self.v[:, :, :pos + n]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, resid_drop: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.attn_drop = attn_drop
+        self.resid_dropout = nn.Dropout(resid_drop)
+
+    def forward(self, x, rope, cache: KVCache | None = None, pos: int = 0):
+        B, N, D = x.shape
+        q, k, v = self.wqkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).unbind(2)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
+        p = self.attn_drop if self.training else 0.0
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:  # decoding N new tokens at positions pos..pos+N-1 against everything cached so far
+            k, v = cache.update(pos, k, v)
+            mask = torch.ones(N, pos + N, dtype=torch.bool, device=x.device).tril(pos)
+            out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(B, N, D)))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, drop: float = 0.1):
+        super().__init__()
+        self.attention_norm = RMSNorm(dim)
+        self.attention = LlamaAttention(dim, num_heads, attn_drop, drop)
+        self.ffn_norm = RMSNorm(dim)
+        self.feed_forward = FeedForward(dim, drop)
+
+    def forward(self, x, rope, cache: KVCache | None = None, pos: int = 0):
+        h = x + self.attention(self.attention_norm(x), rope, cache, pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+def init_weights(module: nn.Module):
+    """Reference initialisation: Xavier-uniform Linear weights, zero biases, unit norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, RMSNorm):
+            nn.init.ones_(m.weight)

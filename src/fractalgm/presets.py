@@ -1,0 +1,80 @@
+"""Named model configurations: the paper's five, and small ones that train on a laptop CPU."""
+from __future__ import annotations
+
+from typing import Callable
+
+from .config import FractalConfig, LevelConfig, PixelHeadConfig
+
+_PRESETS: dict[str, Callable[[], FractalConfig]] = {}
+
+
+def register_preset(fn: Callable[[], FractalConfig]) -> Callable[[], FractalConfig]:
+    _PRESETS[fn.__name__] = fn
+    return fn
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str, **overrides) -> FractalConfig:
+    """The config of preset `name`, with field overrides (e.g. `num_classes=10`)."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    cfg = _PRESETS[name]()
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def create_model(name: str, device=None, **overrides):
+    from .models import FractalGen
+
+    model = FractalGen(get_preset(name, **overrides))
+    return model.to(device) if device is not None else model
+
+
+# ---------------------------------------------------------------------------- paper presets
+def _ar(size, patch, width, depth, heads):  # the reference hard-codes AR dropouts 0 / 0.1 / 0.1
+    return LevelConfig(size, patch, width, depth, heads, "ar", attn_dropout=0.0, proj_dropout=0.1)
+
+
+def _mar(size, patch, width, depth, heads, drop=0.1):
+    return LevelConfig(size, patch, width, depth, heads, "mar", attn_dropout=drop, proj_dropout=drop)
+
+
+@register_preset
+def fractalar_in64() -> FractalConfig:
+    """FractalAR, ImageNet 64×64 (paper Table 1): 64→4→1, AR 1024×32 then AR 512×8, 442 M params."""
+    return FractalConfig(levels=(_ar(64, 4, 1024, 32, 16), _ar(4, 1, 512, 8, 8)),
+                         head=PixelHeadConfig(128, 3, 4), num_conds=1, r_weight=5.0)
+
+
+@register_preset
+def fractalmar_in64() -> FractalConfig:
+    """FractalMAR, ImageNet 64×64: 64→4→1, MAR 1024×32 then MAR 512×8, 5 conditions, 432 M params."""
+    return FractalConfig(levels=(_mar(64, 4, 1024, 32, 16), _mar(4, 1, 512, 8, 8)),
+                         head=PixelHeadConfig(128, 3, 4), num_conds=5, r_weight=5.0)
+
+
+def _in256(widths, depths, heads) -> FractalConfig:
+    sizes = (256, 16, 4, 1)
+    levels = tuple(_mar(sizes[i], sizes[i + 1], widths[i], depths[i], heads[i]) for i in range(3))
+    return FractalConfig(levels=levels, head=PixelHeadConfig(64, 1, 4), num_conds=5, guiding_pixel=True,
+                         r_weight=5.0)
+
+
+@register_preset
+def fractalmar_base_in256() -> FractalConfig:
+    """FractalMAR-B, ImageNet 256×256: 256→16→4→1, widths 768/384/192, guiding pixel, 186 M params."""
+    return _in256((768, 384, 192), (24, 6, 3), (12, 6, 3))
+
+
+@register_preset
+def fractalmar_large_in256() -> FractalConfig:
+    """FractalMAR-L, ImageNet 256×256: widths 1024/512/256, 437 M params."""
+    return _in256((1024, 512, 256), (32, 8, 4), (16, 8, 4))
+
+
+@register_preset
+def fractalmar_huge_in256() -> FractalConfig:
+    """FractalMAR-H, ImageNet 256×256: widths 1280/640/320, 850 M params."""
+    return _in256((1280, 640, 320), (40, 10, 5), (16, 8, 4))
