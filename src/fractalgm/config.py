@@ -107,6 +107,8 @@ class FractalConfig:
             raise ValueError(f"channel_order must be a permutation of {names!r} for {self.channels}-channel "
                              f"images, got {self.channel_order!r}")
         object.__setattr__(self, "channel_order", order)
+        if (self.pixel_mean is None) != (self.pixel_std is None):
+            raise ValueError("give both pixel_mean and pixel_std (one value per channel), or neither for the defaults")
         if self.pixel_mean is None:
             mean = IMAGENET_MEAN if self.channels == 3 else (sum(IMAGENET_MEAN) / 3,)
             std = IMAGENET_STD if self.channels == 3 else (sum(IMAGENET_STD) / 3,)

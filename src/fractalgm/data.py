@@ -145,7 +145,8 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "train", *, data_
     downsampled-ImageNet folder or .npz, an IDX (MNIST-format) folder, or a generic .npz with `x`/`y`.
     `image_size` resizes (ADM centre crop) when it differs from the stored size and is required for
     image folders; for "photos" it is the crop size (default 32). `channels` converts 1<->3 channels
-    (ITU-R 601 luma, as PIL's "L"). `val_size` defaults per dataset; `num_crops` is for "photos" only.
+    (ITU-R 601 luma, as PIL's "L"). `data_dir` is where the Fashion-MNIST files are; `val_size`
+    defaults per dataset; `num_crops` is for "photos" only.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -202,6 +203,7 @@ def _match_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
 
 
 def _resize(images: np.ndarray, image_size: int) -> np.ndarray:
+    """ADM centre crop per image, so arrays stored at another size are treated like image files."""
     def one(arr):
         img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
         out = center_crop_arr(img, image_size)

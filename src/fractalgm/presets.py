@@ -78,3 +78,65 @@ def fractalmar_large_in256() -> FractalConfig:
 def fractalmar_huge_in256() -> FractalConfig:
     """FractalMAR-H, ImageNet 256×256: widths 1280/640/320, 850 M params."""
     return _in256((1280, 640, 320), (40, 10, 5), (16, 8, 4))
+
+
+# ---------------------------------------------------------------------------- small CPU presets
+def _small(levels, channels: int, kind: str, head=PixelHeadConfig(64, 1, 4), num_classes: int = 10) -> FractalConfig:
+    make = _ar if kind == "ar" else _mar
+    return FractalConfig(levels=tuple(make(*lv) for lv in levels), head=head, channels=channels,
+                         num_classes=num_classes, num_conds=1 if kind == "ar" else 5, r_weight=1.0)
+
+
+_FMNIST = ((28, 4, 256, 6, 4), (4, 1, 128, 3, 4))  # 7×7 patches of 4×4, then 16 pixels
+_RGB32 = ((32, 4, 256, 6, 4), (4, 1, 128, 3, 4))  # 8×8 patches of 4×4, then 16 RGB pixels
+
+
+@register_preset
+def fractalmar_fmnist() -> FractalConfig:
+    """Fashion-MNIST 28×28×1: MAR 28→4→1 (256×6 over 49 patches, 128×3 over 16 pixels), 5.5 M params."""
+    return _small(_FMNIST, 1, "mar")
+
+
+@register_preset
+def fractalar_fmnist() -> FractalConfig:
+    """Fashion-MNIST 28×28×1: AR 28→4→1, same sizes as `fractalmar_fmnist`, exact likelihood."""
+    return _small(_FMNIST, 1, "ar")
+
+
+@register_preset
+def fractalmar_rgb32() -> FractalConfig:
+    """RGB 32×32 (CIFAR-size, photo crops): MAR 32→4→1, RGB pixel head of depth 2."""
+    return _small(_RGB32, 3, "mar", head=PixelHeadConfig(64, 2, 4))
+
+
+@register_preset
+def fractalar_rgb32() -> FractalConfig:
+    """RGB 32×32: AR 32→4→1, RGB pixel head of depth 2."""
+    return _small(_RGB32, 3, "ar", head=PixelHeadConfig(64, 2, 4))
+
+
+# ---------------------------------------------------------------------------- Table 2 ablation
+# The paper's level ablation at Fashion-MNIST scale; the pixel head counts as a level. Fairness:
+# every variant has the same pixel head, a top level of the same width (256) and a total of 12
+# transformer blocks split over its generator levels; lower levels halve the width. Parameter
+# counts stay within ~25 % of each other while the compute per image differs by an order of
+# magnitude, which is the paper's point (see `fractalgm info --preset ablation_*`).
+_ABLATION = {
+    2: ((28, 1, 256, 12, 4),),  # one flat transformer over all 784 pixels
+    3: ((28, 4, 256, 8, 4), (4, 1, 128, 4, 4)),
+    4: ((28, 4, 256, 6, 4), (4, 2, 128, 3, 4), (2, 1, 64, 3, 2)),
+}
+
+
+def _register_ablation(levels: int, kind: str):
+    def preset() -> FractalConfig:
+        return _small(_ABLATION[levels], 1, kind)
+
+    preset.__name__ = f"ablation_{levels}level_{kind}"
+    preset.__doc__ = f"Table-2 ablation, {levels} levels incl. the pixel head, {kind.upper()} (Fashion-MNIST)."
+    register_preset(preset)
+
+
+for _levels in _ABLATION:
+    for _kind in ("ar", "mar"):
+        _register_ablation(_levels, _kind)

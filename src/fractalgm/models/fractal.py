@@ -117,6 +117,17 @@ class FractalGen(FractalLevel):
             nn.init.normal_(self.class_emb.weight, std=0.02)
         self.fake_latent = nn.Parameter(torch.randn(1, D) * 0.02)
 
+    @classmethod
+    def from_pretrained(cls, folder_or_name, device=None, dtype=torch.float32) -> "FractalGen":
+        """Load a model folder (config.json + model.safetensors) or a shipped model by short name."""
+        from ..checkpoint import load_pretrained
+        return load_pretrained(folder_or_name, device=device, dtype=dtype)
+
+    def save_pretrained(self, folder, dtype=None):
+        """Write config.json + model.safetensors atomically (optionally cast, e.g. to bfloat16)."""
+        from ..checkpoint import save_pretrained
+        return save_pretrained(self, folder, dtype=dtype)
+
     # ------------------------------------------------------------------ inputs
     @property
     def device(self) -> torch.device:

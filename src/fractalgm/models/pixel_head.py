@@ -6,6 +6,8 @@ through the *same* codebook that embeds it (weight-tied 256-way logits, plus a l
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,8 +59,9 @@ class PixelHead(nn.Module):
     def _logits(self, h: torch.Tensor, pos: int) -> torch.Tensor:
         ch = self.order[pos]
         bias = getattr(self, f"{self.channel_names[ch]}_mlm").bias
-        with torch.autocast(h.device.type, enabled=False):
-            return F.linear(h.float(), self.codebook(ch).weight.float()) + bias.float()
+        with torch.autocast(h.device.type, enabled=False) if h.device.type in ('cpu', 'cuda') else nullcontext():
+            dtype = torch.promote_types(h.dtype, torch.float32)  # fp32 logits, fp64 in a float64 model
+            return F.linear(h.to(dtype), self.codebook(ch).weight.to(dtype)) + bias.to(dtype)
 
     def forward(self, values: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (nats) of every channel, (M, C) in *generation* order."""

@@ -1,0 +1,344 @@
+"""Training loop: AdamW with the reference's groups, warm-up + cosine per step, EMA, AMP, exact resume.
+
+A run folder holds::
+
+    train_config.json   the TrainConfig and the model config
+    metrics.jsonl       one JSON object per logged step (loss, lr, grad norm, images/s, val bpd)
+    loss.png            the loss curve (re-drawn at every log)
+    samples/            sample grids from the EMA weights
+    model/              the EMA model folder (config.json + model.safetensors), loadable with from_pretrained
+    train_state.pt      everything `--resume` needs (weights, EMA, optimizer, step, RNG states)
+
+Resuming is exact: the data order is a function of (seed, epoch), RNG states are restored, and the
+schedule is a function of the step, so N steps straight equal N/2 + resume + N/2.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_pretrained
+from .data import ImageDataset
+from .models import FractalGen
+
+LOG = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    lr: float | None = None  # absolute LR; default blr · batch · accum / 256
+    blr: float = 5e-5
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int | None = None  # default 5 % of the run
+    steps: int | None = None
+    epochs: float | None = None
+    minutes: float | None = None
+    grad_clip: float = 3.0
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    amp: str = "auto"  # auto | bf16 | fp16 | none
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 500
+    save_every: int = 500
+    val_images: int = 500
+    sample_labels: tuple[int, ...] | None = None
+    device: str = "auto"
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else self.blr * self.effective_batch / 256
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The reference's groups: no decay for 1-D parameters and biases; decay for everything else."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, minimum: float = 0.0) -> float:
+    """Linear warm-up from 0, then half-cosine to `minimum` at `total` (per step, as the reference)."""
+    if step < warmup:
+        return base * step / max(warmup, 1)
+    t = (step - warmup) / max(total - warmup, 1)
+    return minimum + (base - minimum) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+class EMA:
+    """Exponential moving average of the parameters (used for evaluation and sampling)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int):
+        d = min(self.decay, (1 + step) / (10 + step))  # warm start: early averages are short
+        for k, v in model.state_dict().items():
+            self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+
+    def copy_to(self, model: torch.nn.Module):
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+
+def autocast_context(amp: str, device: torch.device):
+    if amp == "auto":
+        amp = "bf16" if device.type in ("cpu", "cuda") else "none"
+    if amp == "none":
+        return nullcontext(), None
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    return torch.autocast(device.type, dtype=dtype), scaler
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def atomic_torch_save(obj, path: Path):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Trainer:
+    model: FractalGen
+    train_set: ImageDataset
+    out: Path
+    cfg: TrainConfig = field(default_factory=TrainConfig)
+    val_set: ImageDataset | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(self.cfg.device)
+        self.model.to(self.device)
+        self.opt = torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.base_lr(),
+                                     betas=tuple(self.cfg.betas))
+        self.ema = EMA(self.model, self.cfg.ema_decay)
+        self.autocast, self.scaler = autocast_context(self.cfg.amp, self.device)
+        self.step = 0
+        self.total_steps = None
+        self.steps_per_epoch = max(len(self.train_set) // self.cfg.batch_size, 1)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.shadow, "opt": self.opt.state_dict(),
+                "step": self.step, "total_steps": self.total_steps, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "scaler": self.scaler.state_dict() if self.scaler else {},
+                "train_config": json.dumps(asdict(self.cfg))}
+
+    def save(self):
+        atomic_torch_save(self.state_dict(), self.out / "train_state.pt")
+        ema_model = FractalGen(self.model.config)
+        self.ema.copy_to(ema_model)
+        save_pretrained(ema_model, self.out / "model")
+
+    def resume(self, path: Path | None = None):
+        path = Path(path or self.out / "train_state.pt")
+        if not path.exists():
+            raise FileNotFoundError(f"no training state at {path}; start without --resume")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.ema.shadow = {k: v.float() for k, v in state["ema"].items()}
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.total_steps = state["step"], state["total_steps"]
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
+    # ------------------------------------------------------------------ data
+    def batch(self, step: int, micro: int):
+        """The micro-batch of a step: a pure function of (seed, step), which makes resume exact."""
+        n, bs = len(self.train_set), self.cfg.batch_size
+        index = (step * self.cfg.grad_accum + micro) * bs
+        epoch, start = divmod(index, self.steps_per_epoch * bs)
+        idx = epoch_order(n, self.cfg.seed, epoch)[start:start + bs]
+        return (self.train_set.images[idx].to(self.device, non_blocking=True),
+                self.train_set.labels[idx].to(self.device, non_blocking=True))
+
+    def plan_steps(self, measured_step_time: float | None = None) -> int:
+        c = self.cfg
+        if c.steps is not None:
+            return c.steps
+        if c.epochs is not None:
+            return max(1, round(c.epochs * self.steps_per_epoch / c.grad_accum))
+        if c.minutes is not None and measured_step_time:
+            return max(1, int(c.minutes * 60 / measured_step_time))
+        raise ValueError("give a budget: steps, epochs or minutes")
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict:
+        c, model = self.cfg, self.model
+        model.train()
+        lr = lr_at(self.step, self.total_steps or 1, self.warmup, c.base_lr(), c.min_lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(c.grad_accum):
+            images, labels = self.batch(self.step, micro)
+            labels = labels if model.config.num_classes > 0 else None
+            with self.autocast:
+                loss = model(images, labels) / c.grad_accum
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"non-finite loss ({loss.item()}) at step {self.step}; the last good checkpoint is "
+                    f"{self.out / 'train_state.pt'} — resume from it with a lower --lr or --amp none")
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.item()
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.ema.update(model, self.step)
+        return {"loss": loss_sum, "lr": lr, "grad_norm": float(gnorm)}
+
+    def time_step(self, repeats: int = 2) -> float:
+        """Seconds per optimizer step, measured on forward/backward passes that change no weights."""
+        self.model.train()
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.time()
+            for micro in range(self.cfg.grad_accum):
+                images, labels = self.batch(0, micro)
+                with self.autocast:
+                    loss = self.model(images, labels if self.model.config.num_classes > 0 else None)
+                loss.backward()
+            times.append(time.time() - t0)
+        self.opt.zero_grad(set_to_none=True)
+        return sum(times[1:]) / repeats * 1.03  # + optimizer/EMA overhead
+
+    @property
+    def warmup(self) -> int:
+        if self.cfg.warmup_steps is not None:
+            return self.cfg.warmup_steps
+        return max(1, round(0.05 * (self.total_steps or 1)))
+
+    # ------------------------------------------------------------------ evaluation
+    def ema_model(self) -> FractalGen:
+        m = FractalGen(self.model.config).to(self.device)
+        self.ema.copy_to(m)
+        return m.eval()
+
+    @torch.no_grad()
+    def validate(self, model: FractalGen) -> float:
+        """Validation bpd of the EMA weights on a fixed subset with fixed masks (comparable over time)."""
+        data = self.val_set
+        n = min(len(data), self.cfg.val_images)
+        gen = torch.Generator(device=self.device).manual_seed(1234)
+        total = 0.0
+        for i in range(0, n, 250):
+            x = data.images[i:min(i + 250, n)].to(self.device)
+            with self.autocast:
+                total += float(model.nll(x, generator=gen).bpd.sum())
+        return total / n
+
+    @torch.no_grad()
+    def write_samples(self, model: FractalGen):
+        from .viz import save_grid
+
+        cfg = model.config
+        if cfg.num_classes > 0:
+            labels = torch.arange(cfg.num_classes).repeat_interleave(max(1, 40 // cfg.num_classes))[:100]
+            if self.cfg.sample_labels:
+                labels = torch.tensor(self.cfg.sample_labels)
+            imgs = model.sample(labels.to(self.device), generator=torch.Generator(self.device).manual_seed(0))
+        else:
+            imgs = model.sample(num_images=40, generator=torch.Generator(self.device).manual_seed(0))
+        (self.out / "samples").mkdir(exist_ok=True)
+        save_grid(imgs.cpu(), self.out / "samples" / f"step_{self.step:07d}.png",
+                  nrow=max(1, 40 // max(cfg.num_classes, 1)) if cfg.num_classes else 8, by_column=True)
+
+    def log(self, record: dict):
+        with open(self.out / LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        from .viz import plot_metrics
+
+        c = self.cfg
+        if self.step == 0:
+            torch.manual_seed(c.seed)
+        (self.out / "train_config.json").write_text(json.dumps(
+            {"train": asdict(c), "model": self.model.config.to_dict()}, indent=2))
+        if self.total_steps is None:
+            self.total_steps = self.plan_steps(self.time_step() if c.minutes and not (c.steps or c.epochs) else None)
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True)
+        last = {}
+        t_log, imgs_since = time.time(), 0
+        deadline = time.time() + c.minutes * 60 if c.minutes else None
+        while self.step < self.total_steps:
+            rec = self.train_step()
+            imgs_since += c.effective_batch
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+            if self.step % c.log_every == 0 or self.step == self.total_steps:
+                now = time.time()
+                rec.update(step=self.step, epoch=self.step * c.effective_batch / len(self.train_set),
+                           images_per_s=imgs_since / max(now - t_log, 1e-9), time=now)
+                t_log, imgs_since = now, 0
+                if self.val_set is not None and (self.step % c.eval_every == 0 or self.step == self.total_steps):
+                    model = self.ema_model()
+                    rec["val_bpd"] = self.validate(model)
+                    self.write_samples(model)
+                    bar.write(f"step {self.step}: loss {rec['loss']:.4f}  val bpd {rec['val_bpd']:.4f}")
+                self.log(rec)
+                plot_metrics(self.out / LOG, self.out / "loss.png")
+                last = rec
+            if self.step % c.save_every == 0 or self.step == self.total_steps:
+                self.save()
+            if deadline and time.time() > deadline + 60:  # the measured budget drifted: stop cleanly
+                self.total_steps = self.step
+                self.save()
+                break
+        bar.close()
+        return last
