@@ -115,6 +115,12 @@ def fractalar_rgb32() -> FractalConfig:
     return _small(_RGB32, 3, "ar", head=PixelHeadConfig(64, 2, 4))
 
 
+@register_preset
+def tiny_fmnist() -> FractalConfig:
+    """A 28×28×1 MAR model small enough for smoke tests and CI (seconds per step)."""
+    return _small(((28, 4, 32, 1, 2), (4, 1, 32, 1, 2)), 1, "mar", head=PixelHeadConfig(16, 1, 2))
+
+
 # ---------------------------------------------------------------------------- Table 2 ablation
 # The paper's level ablation at Fashion-MNIST scale; the pixel head counts as a level. Fairness:
 # every variant has the same pixel head, a top level of the same width (256) and a total of 12

@@ -35,11 +35,11 @@ LOG = "metrics.jsonl"
 class TrainConfig:
     batch_size: int = 64
     lr: float | None = None  # absolute LR; default blr · batch · accum / 256
-    blr: float = 5e-5
+    blr: float = 3e-3  # small-batch CPU default; the reference's ImageNet recipe is 5e-5 at batch 2048
     min_lr: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int | None = None  # default 5 % of the run
+    warmup: float = 0.05  # fraction of the run
     steps: int | None = None
     epochs: float | None = None
     minutes: float | None = None
@@ -87,11 +87,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def lr_at(step: int, total: int, warmup: int, base: float, minimum: float = 0.0) -> float:
-    """Linear warm-up from 0, then half-cosine to `minimum` at `total` (per step, as the reference)."""
-    if step < warmup:
-        return base * step / max(warmup, 1)
-    t = (step - warmup) / max(total - warmup, 1)
+def lr_at(progress: float, warmup: float, base: float, minimum: float = 0.0) -> float:
+    """Linear warm-up from 0 over the first `warmup` fraction, then half-cosine to `minimum` at 1.
+
+    `progress` is step/total for step budgets and elapsed/budget for `--minutes` (per step, as the
+    reference's per-iteration schedule).
+    """
+    if progress < warmup:
+        return base * progress / warmup
+    t = (progress - warmup) / max(1.0 - warmup, 1e-12)
     return minimum + (base - minimum) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
@@ -142,7 +146,7 @@ class Trainer:
     out: Path
     cfg: TrainConfig = field(default_factory=TrainConfig)
     val_set: ImageDataset | None = None
-    progress: bool = True
+    progress_bar: bool = True
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -154,13 +158,14 @@ class Trainer:
         self.ema = EMA(self.model, self.cfg.ema_decay)
         self.autocast, self.scaler = autocast_context(self.cfg.amp, self.device)
         self.step = 0
-        self.total_steps = None
+        self.total_steps = None  # step budgets
+        self.elapsed = 0.0  # seconds trained so far (time budgets)
         self.steps_per_epoch = max(len(self.train_set) // self.cfg.batch_size, 1)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.shadow, "opt": self.opt.state_dict(),
-                "step": self.step, "total_steps": self.total_steps, "rng": torch.get_rng_state(),
+                "step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "train_config": json.dumps(asdict(self.cfg))}
@@ -179,7 +184,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.shadow = {k: v.float() for k, v in state["ema"].items()}
         self.opt.load_state_dict(state["opt"])
-        self.step, self.total_steps = state["step"], state["total_steps"]
+        # the budget comes from the current config: the same budget resumes exactly, a larger one extends
+        self.step, self.elapsed = state["step"], state["elapsed"]
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -196,21 +202,28 @@ class Trainer:
         return (self.train_set.images[idx].to(self.device, non_blocking=True),
                 self.train_set.labels[idx].to(self.device, non_blocking=True))
 
-    def plan_steps(self, measured_step_time: float | None = None) -> int:
+    def plan_steps(self) -> int | None:
+        """Steps for step/epoch budgets; None for a `minutes` budget (the schedule follows the clock)."""
         c = self.cfg
         if c.steps is not None:
             return c.steps
         if c.epochs is not None:
             return max(1, round(c.epochs * self.steps_per_epoch / c.grad_accum))
-        if c.minutes is not None and measured_step_time:
-            return max(1, int(c.minutes * 60 / measured_step_time))
+        if c.minutes is not None:
+            return None
         raise ValueError("give a budget: steps, epochs or minutes")
+
+    @property
+    def progress(self) -> float:
+        if self.total_steps is not None:
+            return self.step / self.total_steps
+        return self.elapsed / (self.cfg.minutes * 60)
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
         c, model = self.cfg, self.model
         model.train()
-        lr = lr_at(self.step, self.total_steps or 1, self.warmup, c.base_lr(), c.min_lr)
+        lr = lr_at(self.progress, c.warmup, c.base_lr(), c.min_lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
@@ -237,27 +250,6 @@ class Trainer:
         self.step += 1
         self.ema.update(model, self.step)
         return {"loss": loss_sum, "lr": lr, "grad_norm": float(gnorm)}
-
-    def time_step(self, repeats: int = 2) -> float:
-        """Seconds per optimizer step, measured on forward/backward passes that change no weights."""
-        self.model.train()
-        times = []
-        for _ in range(repeats + 1):
-            t0 = time.time()
-            for micro in range(self.cfg.grad_accum):
-                images, labels = self.batch(0, micro)
-                with self.autocast:
-                    loss = self.model(images, labels if self.model.config.num_classes > 0 else None)
-                loss.backward()
-            times.append(time.time() - t0)
-        self.opt.zero_grad(set_to_none=True)
-        return sum(times[1:]) / repeats * 1.03  # + optimizer/EMA overhead
-
-    @property
-    def warmup(self) -> int:
-        if self.cfg.warmup_steps is not None:
-            return self.cfg.warmup_steps
-        return max(1, round(0.05 * (self.total_steps or 1)))
 
     # ------------------------------------------------------------------ evaluation
     def ema_model(self) -> FractalGen:
@@ -299,7 +291,8 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict:
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Train to the end of the budget (or only up to step `stop_after`, saving state there)."""
         from .viz import plot_metrics
 
         c = self.cfg
@@ -308,37 +301,43 @@ class Trainer:
         (self.out / "train_config.json").write_text(json.dumps(
             {"train": asdict(c), "model": self.model.config.to_dict()}, indent=2))
         if self.total_steps is None:
-            self.total_steps = self.plan_steps(self.time_step() if c.minutes and not (c.steps or c.epochs) else None)
+            self.total_steps = self.plan_steps()
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="step",
-                   dynamic_ncols=True)
+        timed = self.total_steps is None
+        bar = tqdm(total=round(c.minutes * 60) if timed else self.total_steps,
+                   initial=round(self.elapsed) if timed else self.step, disable=not self.progress_bar,
+                   unit="s" if timed else "step", dynamic_ncols=True)
         last = {}
         t_log, imgs_since = time.time(), 0
-        deadline = time.time() + c.minutes * 60 if c.minutes else None
-        while self.step < self.total_steps:
+        while self.progress < 1.0:
+            t0 = time.time()
             rec = self.train_step()
             imgs_since += c.effective_batch
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
-            if self.step % c.log_every == 0 or self.step == self.total_steps:
+            done = False
+            if self.step % c.log_every == 0:
                 now = time.time()
                 rec.update(step=self.step, epoch=self.step * c.effective_batch / len(self.train_set),
-                           images_per_s=imgs_since / max(now - t_log, 1e-9), time=now)
+                           images_per_s=imgs_since / max(now - t_log, 1e-9), elapsed_s=self.elapsed)
                 t_log, imgs_since = now, 0
-                if self.val_set is not None and (self.step % c.eval_every == 0 or self.step == self.total_steps):
-                    model = self.ema_model()
-                    rec["val_bpd"] = self.validate(model)
-                    self.write_samples(model)
-                    bar.write(f"step {self.step}: loss {rec['loss']:.4f}  val bpd {rec['val_bpd']:.4f}")
                 self.log(rec)
                 plot_metrics(self.out / LOG, self.out / "loss.png")
                 last = rec
-            if self.step % c.save_every == 0 or self.step == self.total_steps:
+            self.elapsed += time.time() - t0
+            done = self.progress >= 1.0
+            if self.val_set is not None and (self.step % c.eval_every == 0 or done):
+                model = self.ema_model()
+                val = {"step": self.step, "loss": rec["loss"], "val_bpd": self.validate(model)}
+                self.write_samples(model)
+                self.log(val)
+                bar.write(f"step {self.step}: loss {rec['loss']:.4f}  val bpd {val['val_bpd']:.4f}")
+                last = {**rec, **val}
+            stop = stop_after is not None and self.step >= stop_after
+            if self.step % c.save_every == 0 or done or stop:
                 self.save()
-            if deadline and time.time() > deadline + 60:  # the measured budget drifted: stop cleanly
-                self.total_steps = self.step
-                self.save()
+            bar.update(round(self.elapsed) - bar.n if timed else 1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", step=self.step)
+            if stop:
                 break
         bar.close()
         return last

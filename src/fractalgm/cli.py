@@ -1,0 +1,266 @@
+"""The `fractalgm` command line: train | sample | nll | info | convert."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "fmnist-mar"
+
+
+def _labels(text: str | None, num_classes: int):
+    if text is None:
+        return None
+    if text == "all":
+        return list(range(num_classes))
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _load_model(args):
+    from .models import FractalGen
+    from .presets import create_model, list_presets
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    if getattr(args, "preset", None):
+        if args.preset not in list_presets():
+            raise SystemExit(f"unknown preset {args.preset!r}; see `fractalgm info --list`")
+        return create_model(args.preset).to(device).eval()
+    return FractalGen.from_pretrained(args.model, device=device)
+
+
+# ---------------------------------------------------------------------------- train
+def cmd_train(args):
+    from .data import check_images, load_dataset
+    from .models import FractalGen
+    from .presets import get_preset
+    from .train import TrainConfig, Trainer
+
+    cfg = get_preset(args.preset)
+    train_set = load_dataset(args.data, "train", data_dir=args.data_dir, image_size=cfg.image_size)
+    val_set = load_dataset(args.data, "val", data_dir=args.data_dir, image_size=cfg.image_size)
+    overrides = {"num_classes": train_set.num_classes} if cfg.num_classes != train_set.num_classes else {}
+    if args.grad_checkpointing:
+        overrides["grad_checkpointing"] = True
+    if args.unconditional:
+        overrides["num_classes"] = 0
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    check_images(train_set, cfg.channels, cfg.image_size)
+    if sum(v is not None for v in (args.steps, args.epochs, args.minutes)) != 1:
+        raise SystemExit("give exactly one budget: --steps, --epochs or --minutes")
+    tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, blr=args.blr, weight_decay=args.weight_decay,
+                       warmup=args.warmup, steps=args.steps, epochs=args.epochs, minutes=args.minutes,
+                       grad_clip=args.grad_clip, grad_accum=args.grad_accum, ema_decay=args.ema_decay,
+                       amp=args.amp, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every,
+                       save_every=args.save_every, val_images=args.val_images, device=args.device)
+    torch.manual_seed(args.seed)
+    trainer = Trainer(FractalGen(cfg), train_set, Path(args.out), tcfg, val_set=val_set)
+    if args.resume:
+        trainer.resume()
+        print(f"resumed {args.out} at step {trainer.step}")
+    n = sum(p.numel() for p in trainer.model.parameters())
+    print(f"training {args.preset} ({n:,} parameters) on {train_set.name} ({len(train_set):,} images) "
+          f"on {trainer.device}; run folder {args.out}")
+    last = trainer.fit()
+    print(json.dumps({k: v for k, v in last.items() if k != "time"}))
+    print(f"model folder: {Path(args.out) / 'model'} (load with FractalGen.from_pretrained)")
+
+
+# ---------------------------------------------------------------------------- sample
+def cmd_sample(args):
+    from .viz import save_grid
+
+    model = _load_model(args)
+    cfg = model.config
+    labels = _labels(args.labels, cfg.num_classes)
+    if labels is not None:
+        labels = torch.tensor(labels).repeat_interleave(args.per_label)
+    g = torch.Generator(model.device).manual_seed(args.seed)
+    num_iter = [int(v) for v in args.num_iter.split(",")] if args.num_iter else None
+    if num_iter is not None and len(num_iter) == 1:
+        num_iter = num_iter[0]
+    images = model.sample(labels.to(model.device) if labels is not None else None,
+                          num_images=None if labels is not None else args.num_images, num_iter=num_iter,
+                          cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
+                          filter_threshold=args.filter_threshold, generator=g).cpu()
+    nrow = args.per_label if labels is not None else max(1, int(math.sqrt(len(images))))
+    save_grid(images, args.out, nrow=nrow, by_column=labels is not None, scale=args.scale)
+    print(f"wrote {len(images)} samples to {args.out}")
+    if args.save_each:
+        folder = Path(args.save_each)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(images):
+            save_grid(img[None], folder / f"{i:05d}.png", nrow=1, scale=1)
+        print(f"wrote {len(images)} files to {folder}")
+
+
+# ---------------------------------------------------------------------------- nll
+def cmd_nll(args):
+    from tqdm import tqdm
+
+    from .data import check_images, load_dataset
+
+    model = _load_model(args)
+    data = load_dataset(args.data, args.split, data_dir=args.data_dir, image_size=model.config.image_size)
+    check_images(data, model.config.channels, model.config.image_size)
+    n = min(len(data), args.limit) if args.limit else len(data)
+    g = torch.Generator(model.device).manual_seed(args.seed)
+    exact = args.exact or model.is_exact
+    nats, var = [], []
+    with tqdm(total=n, unit="img", desc="exact nll" if exact else f"nll ({args.passes} passes)") as bar:
+        for i in range(0, n, args.batch_size):
+            x = data.images[i:min(i + args.batch_size, n)].to(model.device)
+            y = data.labels[i:i + len(x)].to(model.device) if args.conditional else None
+            r = model.nll(x, y, passes=args.passes, exact=args.exact, order=args.order, generator=g)
+            nats.append(r.nats)
+            if r.stderr is not None:
+                var.append(r.stderr**2 * args.passes)  # per-image variance of one pass
+            bar.update(len(x))
+            bar.set_postfix(bpd=f"{float(torch.cat(nats).mean()) / (model.config.num_dims * math.log(2)):.4f}")
+    nats = torch.cat(nats)
+    per_dim = model.config.num_dims * math.log(2)
+    bpd = float(nats.mean()) / per_dim
+    # standard error of the dataset mean: image-to-image spread (+ the masking noise it contains)
+    se = float(nats.std() / math.sqrt(len(nats))) / per_dim if len(nats) > 1 else float("nan")
+    kind = "exact" + (f" ({args.order} order)" if not model.is_exact else "") if exact else \
+        f"random-masking estimate, {args.passes} pass(es)"
+    result = {"bpd": bpd, "stderr": se, "images": len(nats), "split": args.split, "kind": kind,
+              "conditional": args.conditional, "model": args.preset or args.model}
+    print(f"{bpd:.4f} ± {se:.4f} bits/dim over {len(nats)} {args.split} images ({kind})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+# ---------------------------------------------------------------------------- info / convert
+def cmd_info(args):
+    from .flops import format_info
+    from .presets import get_preset, list_presets
+
+    if args.list or not args.preset:
+        from .checkpoint import list_pretrained
+
+        print("presets:", ", ".join(list_presets()))
+        print("shipped models:", ", ".join(list_pretrained()) or "(none)")
+        return
+    print(format_info(get_preset(args.preset), name=args.preset))
+
+
+def cmd_convert(args):
+    from .checkpoint import convert_reference
+
+    model = convert_reference(args.checkpoint, args.out, preset=args.preset,
+                              dtype=getattr(torch, args.dtype) if args.dtype else None)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"converted {args.checkpoint} → {args.out} ({n:,} parameters)")
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fractalgm", description=(
+        "Fractal generative models: AR/MAR transformers nested level by level, generating images pixel "
+        "by pixel with exact likelihoods."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(q):
+        q.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"model folder or shipped model name (default: {DEFAULT_MODEL})")
+        q.add_argument("--preset", help="use an untrained preset instead of --model (for testing)")
+        q.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+
+    def data_args(q):
+        q.add_argument("--data", default="fashion_mnist", help="dataset name (fashion_mnist, mnist5k, digits, "
+                       "photos) or a path (ImageFolder, CIFAR batches dir, .npz)")
+        q.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files")
+
+    t = sub.add_parser("train", help="train a preset on a dataset", description=(
+        "Train a model. Writes metrics.jsonl, loss.png, sample grids, an EMA model folder and a "
+        "resumable train_state.pt into --out. Example: fractalgm train --preset fractalmar_fmnist "
+        "--minutes 60 --out runs/fmnist"))
+    t.add_argument("--preset", default="fractalmar_fmnist")
+    data_args(t)
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--epochs", type=float)
+    t.add_argument("--minutes", type=float, help="training-time budget; the LR schedule follows the clock")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, help="absolute learning rate (default: blr·batch/256)")
+    t.add_argument("--blr", type=float, default=3e-3, help="base LR, lr = blr·batch/256 (default 3e-3 for "
+                   "small CPU runs; the reference's ImageNet recipe uses 5e-5 at batch 2048)")
+    t.add_argument("--weight-decay", type=float, default=0.05)
+    t.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the run")
+    t.add_argument("--grad-clip", type=float, default=3.0)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--grad-checkpointing", action="store_true")
+    t.add_argument("--ema-decay", type=float, default=0.999)
+    t.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
+    t.add_argument("--unconditional", action="store_true", help="ignore labels (num_classes = 0)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=20)
+    t.add_argument("--eval-every", type=int, default=500)
+    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--val-images", type=int, default=500)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sample", help="write a PNG grid of samples", description=(
+        "Sample images. Example: fractalgm sample --labels all --per-label 8 --cfg 2 --out grid.png"))
+    model_args(s)
+    s.add_argument("--labels", help="comma-separated class ids, or 'all'; omit for unconditional samples")
+    s.add_argument("--per-label", type=int, default=8, help="samples per label (one column per label)")
+    s.add_argument("--num-images", type=int, default=16, help="unconditional samples when no labels")
+    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
+    s.add_argument("--temperature", type=float, default=1.0, help="logits are divided by it (<1 sharpens)")
+    s.add_argument("--filter-threshold", type=float, default=1e-4)
+    s.add_argument("--num-iter", help="MAR steps per level, e.g. 49,16 (default: one per token, ≤ 64)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG")
+    s.add_argument("--out", default="samples.png")
+    s.add_argument("--save-each", help="also write each image to this folder")
+    s.set_defaults(fn=cmd_sample)
+
+    n = sub.add_parser("nll", help="bits/dim on a dataset split", description=(
+        "Negative log-likelihood in bits/dim. AR models are exact; MAR models give the random-masking "
+        "estimate (--passes) or, with --exact, the exact value under a fixed order."))
+    model_args(n)
+    data_args(n)
+    n.add_argument("--split", default="test")
+    n.add_argument("--limit", type=int, help="only the first N images")
+    n.add_argument("--batch-size", type=int, default=100)
+    n.add_argument("--passes", type=int, default=1)
+    n.add_argument("--exact", action="store_true")
+    n.add_argument("--order", default="random", choices=["random", "raster"])
+    n.add_argument("--conditional", action="store_true", help="class-conditional NLL (default: unconditional)")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--json", help="also write the result here")
+    n.set_defaults(fn=cmd_nll)
+
+    i = sub.add_parser("info", help="per-level table of a preset", description=(
+        "Sequence length, patch, width, depth, heads, parameters and training-forward GFLOPs per level."))
+    i.add_argument("--preset")
+    i.add_argument("--list", action="store_true")
+    i.set_defaults(fn=cmd_info)
+
+    c = sub.add_parser("convert", help="reference .pth → model folder", description=(
+        "Convert a checkpoint of the reference implementation (LTH14/fractalgen) into a model folder."))
+    c.add_argument("checkpoint")
+    c.add_argument("--out", required=True)
+    c.add_argument("--preset", help="the matching preset (inferred from the keys when omitted)")
+    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    c.set_defaults(fn=cmd_convert)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
