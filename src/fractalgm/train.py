@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import save_pretrained
 from .data import ImageDataset
@@ -57,14 +59,23 @@ class TrainConfig:
 
     @property
     def effective_batch(self) -> int:
+        """Images per optimizer step on one process (times the world size under torchrun)."""
         return self.batch_size * self.grad_accum
 
-    def base_lr(self) -> float:
-        return self.lr if self.lr is not None else self.blr * self.effective_batch / 256
+    def base_lr(self, world: int = 1) -> float:
+        return self.lr if self.lr is not None else self.blr * self.effective_batch * world / 256
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -150,28 +161,58 @@ class Trainer:
 
     def __post_init__(self):
         self.out = Path(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world, local_rank = init_distributed()
+        self.main = self.rank == 0  # only the main process logs, evaluates and saves
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(self.cfg.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
         self.model.to(self.device)
-        self.opt = torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.base_lr(),
+        self.net = self.model  # what the step calls: the model, or its DDP wrapper
+        if self.world > 1:
+            self.net = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.base_lr(self.world),
                                      betas=tuple(self.cfg.betas))
         self.ema = EMA(self.model, self.cfg.ema_decay)
         self.autocast, self.scaler = autocast_context(self.cfg.amp, self.device)
         self.step = 0
         self.total_steps = None  # step budgets
         self.elapsed = 0.0  # seconds trained so far (time budgets)
-        self.steps_per_epoch = max(len(self.train_set) // self.cfg.batch_size, 1)
+        self.steps_per_epoch = max(len(self.train_set) // (self.cfg.batch_size * self.world), 1)
 
     # ------------------------------------------------------------------ state
+    def _rng_states(self) -> list[torch.Tensor]:
+        """CPU RNG state of every rank (masks and dropout draw from it), gathered on all ranks."""
+        state = torch.get_rng_state()
+        if self.world == 1:
+            return [state]
+        states = [None] * self.world
+        dist.all_gather_object(states, state)
+        return states
+
+    def _agree(self, seconds: float) -> float:
+        """The slowest rank's value, so every rank follows the same clock-based schedule."""
+        if self.world == 1:
+            return seconds
+        t = torch.tensor([seconds], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.shadow, "opt": self.opt.state_dict(),
-                "step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed, "rng": torch.get_rng_state(),
+                "step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed,
+                "rng": self._rng_states(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "train_config": json.dumps(asdict(self.cfg))}
 
     def save(self):
-        atomic_torch_save(self.state_dict(), self.out / "train_state.pt")
+        state = self.state_dict()  # collective under torchrun: every rank takes part
+        if not self.main:
+            return
+        atomic_torch_save(state, self.out / "train_state.pt")
         ema_model = FractalGen(self.model.config)
         self.ema.copy_to(ema_model)
         save_pretrained(ema_model, self.out / "model")
@@ -186,7 +227,8 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         # the budget comes from the current config: the same budget resumes exactly, a larger one extends
         self.step, self.elapsed = state["step"], state["elapsed"]
-        torch.set_rng_state(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        torch.set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if self.scaler and state["scaler"]:
@@ -195,10 +237,11 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def batch(self, step: int, micro: int):
         """The micro-batch of a step: a pure function of (seed, step), which makes resume exact."""
-        n, bs = len(self.train_set), self.cfg.batch_size
+        n, bs = len(self.train_set), self.cfg.batch_size * self.world  # the global micro-batch
         index = (step * self.cfg.grad_accum + micro) * bs
         epoch, start = divmod(index, self.steps_per_epoch * bs)
         idx = epoch_order(n, self.cfg.seed, epoch)[start:start + bs]
+        idx = idx[self.rank * self.cfg.batch_size:(self.rank + 1) * self.cfg.batch_size]  # this rank's share
         return (self.train_set.images[idx].to(self.device, non_blocking=True),
                 self.train_set.labels[idx].to(self.device, non_blocking=True))
 
@@ -223,7 +266,7 @@ class Trainer:
     def train_step(self) -> dict:
         c, model = self.cfg, self.model
         model.train()
-        lr = lr_at(self.progress, c.warmup, c.base_lr(), c.min_lr)
+        lr = lr_at(self.progress, c.warmup, c.base_lr(self.world), c.min_lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
@@ -231,13 +274,17 @@ class Trainer:
             images, labels = self.batch(self.step, micro)
             labels = labels if model.config.num_classes > 0 else None
             with self.autocast:
-                loss = model(images, labels) / c.grad_accum
-            if not torch.isfinite(loss):
+                loss = self.net(images, labels) / c.grad_accum
+            check = loss.detach().clone()
+            if self.world > 1:  # every rank must see the same verdict, or the others would hang
+                dist.all_reduce(check)
+                check /= self.world
+            if not torch.isfinite(check):
                 raise NonFiniteLoss(
                     f"non-finite loss ({loss.item()}) at step {self.step}; the last good checkpoint is "
                     f"{self.out / 'train_state.pt'} — resume from it with a lower --lr or --amp none")
             (self.scaler.scale(loss) if self.scaler else loss).backward()
-            loss_sum += loss.item()
+            loss_sum += check.item()
         if self.scaler:
             self.scaler.unscale_(self.opt)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
@@ -297,42 +344,42 @@ class Trainer:
 
         c = self.cfg
         if self.step == 0:
-            torch.manual_seed(c.seed)
-        (self.out / "train_config.json").write_text(json.dumps(
-            {"train": asdict(c), "model": self.model.config.to_dict()}, indent=2))
+            torch.manual_seed(c.seed + self.rank)
+        if self.main:
+            (self.out / "train_config.json").write_text(json.dumps(
+                {"train": asdict(c), "world_size": self.world, "model": self.model.config.to_dict()}, indent=2))
         if self.total_steps is None:
             self.total_steps = self.plan_steps()
         from tqdm import tqdm
 
         timed = self.total_steps is None
         bar = tqdm(total=round(c.minutes * 60) if timed else self.total_steps,
-                   initial=round(self.elapsed) if timed else self.step, disable=not self.progress_bar,
+                   initial=round(self.elapsed) if timed else self.step, disable=not (self.progress_bar and self.main),
                    unit="s" if timed else "step", dynamic_ncols=True)
         last = {}
         t_log, imgs_since = time.time(), 0
         while self.progress < 1.0:
             t0 = time.time()
             rec = self.train_step()
-            imgs_since += c.effective_batch
-            done = False
-            if self.step % c.log_every == 0:
+            self.elapsed += self._agree(time.time() - t0)
+            imgs_since += c.effective_batch * self.world
+            done = self.progress >= 1.0
+            stop = stop_after is not None and self.step >= stop_after
+            if self.main and (self.step % c.log_every == 0 or done):
                 now = time.time()
-                rec.update(step=self.step, epoch=self.step * c.effective_batch / len(self.train_set),
+                rec.update(step=self.step, epoch=self.step * c.effective_batch * self.world / len(self.train_set),
                            images_per_s=imgs_since / max(now - t_log, 1e-9), elapsed_s=self.elapsed)
                 t_log, imgs_since = now, 0
                 self.log(rec)
                 plot_metrics(self.out / LOG, self.out / "loss.png")
                 last = rec
-            self.elapsed += time.time() - t0
-            done = self.progress >= 1.0
-            if self.val_set is not None and (self.step % c.eval_every == 0 or done):
+            if self.main and self.val_set is not None and (self.step % c.eval_every == 0 or done):
                 model = self.ema_model()
                 val = {"step": self.step, "loss": rec["loss"], "val_bpd": self.validate(model)}
                 self.write_samples(model)
                 self.log(val)
                 bar.write(f"step {self.step}: loss {rec['loss']:.4f}  val bpd {val['val_bpd']:.4f}")
                 last = {**rec, **val}
-            stop = stop_after is not None and self.step >= stop_after
             if self.step % c.save_every == 0 or done or stop:
                 self.save()
             bar.update(round(self.elapsed) - bar.n if timed else 1)
