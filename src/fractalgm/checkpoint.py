@@ -158,6 +158,11 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, dtype: to
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         _write_files(model, tmp, dtype)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700: give the folder normal permissions
+        for f in tmp.iterdir():
+            f.chmod(0o666 & ~umask)
         _fsync_dir(tmp)
         if folder.exists():
             backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"

@@ -1,4 +1,4 @@
-"""The `fractalgm` command line: train | sample | nll | info | convert."""
+"""The `fractalgm` command line: train | sample | inpaint | nll | info | convert."""
 from __future__ import annotations
 
 import argparse
@@ -62,12 +62,13 @@ def cmd_train(args):
     if args.resume:
         trainer.resume()
         print(f"resumed {args.out} at step {trainer.step}")
+    say = print if trainer.main else (lambda *a, **k: None)
     n = sum(p.numel() for p in trainer.model.parameters())
-    print(f"training {args.preset} ({n:,} parameters) on {train_set.name} ({len(train_set):,} images) "
-          f"on {trainer.device}; run folder {args.out}")
+    say(f"training {args.preset} ({n:,} parameters) on {train_set.name} ({len(train_set):,} images) "
+          f"on {trainer.device} × {trainer.world} process(es); run folder {args.out}")
     last = trainer.fit()
-    print(json.dumps({k: v for k, v in last.items() if k != "time"}))
-    print(f"model folder: {Path(args.out) / 'model'} (load with FractalGen.from_pretrained)")
+    say(json.dumps(last))
+    say(f"model folder: {Path(args.out) / 'model'} (load with FractalGen.from_pretrained)")
 
 
 # ---------------------------------------------------------------------------- sample
@@ -79,23 +80,128 @@ def cmd_sample(args):
     labels = _labels(args.labels, cfg.num_classes)
     if labels is not None:
         labels = torch.tensor(labels).repeat_interleave(args.per_label)
-    g = torch.Generator(model.device).manual_seed(args.seed)
-    num_iter = [int(v) for v in args.num_iter.split(",")] if args.num_iter else None
-    if num_iter is not None and len(num_iter) == 1:
-        num_iter = num_iter[0]
+    recorder = _recorder(args)
     images = model.sample(labels.to(model.device) if labels is not None else None,
-                          num_images=None if labels is not None else args.num_images, num_iter=num_iter,
-                          cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
-                          filter_threshold=args.filter_threshold, generator=g).cpu()
+                          num_images=None if labels is not None else args.num_images,
+                          **_sampling_options(args, model), record=recorder).cpu()
     nrow = args.per_label if labels is not None else max(1, int(math.sqrt(len(images))))
     save_grid(images, args.out, nrow=nrow, by_column=labels is not None, scale=args.scale)
     print(f"wrote {len(images)} samples to {args.out}")
+    _write_animation(args, recorder, model, nrow=nrow, by_column=labels is not None)
     if args.save_each:
         folder = Path(args.save_each)
         folder.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(images):
             save_grid(img[None], folder / f"{i:05d}.png", nrow=1, scale=1)
         print(f"wrote {len(images)} files to {folder}")
+
+
+def _sampling_options(args, model) -> dict:
+    num_iter = [int(v) for v in args.num_iter.split(",")] if args.num_iter else None
+    if num_iter is not None and len(num_iter) == 1:
+        num_iter = num_iter[0]
+    return dict(num_iter=num_iter, cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
+                filter_threshold=args.filter_threshold,
+                generator=torch.Generator(model.device).manual_seed(args.seed))
+
+
+def _recorder(args):
+    if not args.animate:
+        return None
+    from .animate import Recorder, check_path
+
+    check_path(args.animate)  # before the long sampling run
+    return Recorder()
+
+
+def _write_animation(args, recorder, model, nrow: int, by_column: bool = False):
+    if recorder is None:
+        return
+    from .animate import save_animation
+
+    scale = max(1, math.ceil(96 / model.config.image_size))  # each image at least ~96 px on screen
+    info = save_animation(recorder.frames(), args.animate, fps=args.fps, nrow=nrow, by_column=by_column,
+                          scale=scale)
+    print(f"wrote {args.animate}: {info['frames']} frames at {info['fps']:.0f} fps ({info['seconds']:.1f} s) "
+          f"from {len(recorder)} recorded steps")
+
+
+# ---------------------------------------------------------------------------- inpaint
+def _mask(args, size: int) -> torch.Tensor:
+    from . import masks
+
+    if args.mask:
+        return masks.from_png(args.mask, size, white_is_known=args.mask_white_known)
+    if args.box:
+        parts = [int(v) for v in args.box.split(",")]
+        if len(parts) != 4:
+            raise ValueError(f"--box takes TOP,LEFT,HEIGHT,WIDTH, got {args.box!r}")
+        return masks.box(size, *parts)
+    if args.half:
+        return masks.half(size, args.half)
+    if args.outpaint is not None:
+        return masks.outpaint(size, args.outpaint)
+    return masks.uncrop(size, args.uncrop)
+
+
+def _read_image(path: str, channels: int, size: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    from .data import center_crop_arr
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the image {path}: {e}") from e
+    img = img.convert("L" if channels == 1 else "RGB")
+    arr = np.array(img) if img.size == (size, size) else center_crop_arr(img, size)
+    arr = arr.reshape(size, size, channels)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+def cmd_inpaint(args):
+    from .animate import paint_unknown
+    from .viz import save_grid
+
+    model = _load_model(args)
+    cfg = model.config
+    S, K = cfg.image_size, args.num_samples
+    true_labels = None
+    if args.image:
+        images = torch.stack([_read_image(p, cfg.channels, S) for p in args.image])
+    else:
+        from .data import check_images, load_dataset
+
+        data = load_dataset(args.data, args.split, data_dir=args.data_dir, image_size=S)
+        check_images(data, cfg.channels, S)
+        idx = [int(v) for v in args.dataset_index.split(",")]
+        if min(idx) < 0 or max(idx) >= len(data):
+            raise ValueError(f"--dataset-index must be in [0, {len(data)}) for the {args.split} split")
+        images, true_labels = data.images[idx], data.labels[idx]
+    B = len(images)
+    if args.label in (None, "none"):
+        labels = None
+    elif args.label == "data":
+        if true_labels is None:
+            raise ValueError("--label data needs --dataset-index")
+        labels = true_labels
+    else:
+        labels = torch.tensor(_labels(args.label, cfg.num_classes))
+        labels = labels.expand(B) if labels.numel() == 1 else labels
+        if labels.numel() != B:
+            raise ValueError(f"--label gives {labels.numel()} labels for {B} images (give one, or one per image)")
+    known = _mask(args, S).expand(B, -1, -1, -1)
+    recorder = _recorder(args)
+    out = model.inpaint(images.repeat_interleave(K, 0), known.repeat_interleave(K, 0),
+                        None if labels is None else labels.repeat_interleave(K).to(model.device),
+                        **_sampling_options(args, model), record=recorder).cpu()
+    masked = paint_unknown(images, ~known.expand_as(images))
+    strips = torch.cat([images[:, None], masked[:, None], out.view(B, K, *out.shape[1:])], 1)
+    save_grid(strips.flatten(0, 1), args.out, nrow=K + 2, scale=args.scale)
+    print(f"wrote {B} strip(s) (original | masked input | {K} completions) to {args.out}")
+    _write_animation(args, recorder, model, nrow=K)
 
 
 # ---------------------------------------------------------------------------- nll
@@ -172,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--preset", help="use an untrained preset instead of --model (for testing)")
         q.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
 
+    def sampling_args(q):
+        q.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+        q.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
+        q.add_argument("--temperature", type=float, default=1.0, help="logits are divided by it (<1 sharpens)")
+        q.add_argument("--filter-threshold", type=float, default=1e-4)
+        q.add_argument("--num-iter", help="MAR steps per level, e.g. 49,16 (default: one per token, ≤ 64)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG")
+        q.add_argument("--animate", metavar="FILE", help="also write the generation process as a .gif "
+                       "(or .mp4 with imageio-ffmpeg): one frame per step of every level")
+        q.add_argument("--fps", type=float, help="animation frame rate (default: ~15 s in all, ≤ 50 fps)")
+
     def data_args(q):
         q.add_argument("--data", default="fashion_mnist", help="dataset name (fashion_mnist, mnist5k, digits, "
                        "photos) or a path (ImageFolder, CIFAR batches dir, .npz)")
@@ -214,16 +332,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help="comma-separated class ids, or 'all'; omit for unconditional samples")
     s.add_argument("--per-label", type=int, default=8, help="samples per label (one column per label)")
     s.add_argument("--num-images", type=int, default=16, help="unconditional samples when no labels")
-    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    s.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
-    s.add_argument("--temperature", type=float, default=1.0, help="logits are divided by it (<1 sharpens)")
-    s.add_argument("--filter-threshold", type=float, default=1e-4)
-    s.add_argument("--num-iter", help="MAR steps per level, e.g. 49,16 (default: one per token, ≤ 64)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG")
+    sampling_args(s)
     s.add_argument("--out", default="samples.png")
     s.add_argument("--save-each", help="also write each image to this folder")
     s.set_defaults(fn=cmd_sample)
+
+    q = sub.add_parser("inpaint", help="complete images from known pixels", description=(
+        "Inpaint, outpaint, uncrop or edit: keep the known pixels exactly and sample the rest. Writes one "
+        "row per image: original | masked input | completions. Example: fractalgm inpaint --dataset-index "
+        "0,1,2 --half bottom --num-samples 4 --out strips.png --animate strips.gif"))
+    model_args(q)
+    data_args(q)
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", nargs="+", help="image file(s); centre-cropped and resized to the model size")
+    src.add_argument("--dataset-index", help="comma-separated indices into --data/--split")
+    q.add_argument("--split", default="test")
+    region = q.add_mutually_exclusive_group(required=True)
+    region.add_argument("--mask", help="mask image: white = generate, black = keep (see --mask-white-known)")
+    region.add_argument("--box", help="generate a box: TOP,LEFT,HEIGHT,WIDTH in pixels")
+    region.add_argument("--half", choices=["left", "right", "top", "bottom"], help="generate this half")
+    region.add_argument("--outpaint", type=int, metavar="BORDER", help="generate a border this many pixels wide")
+    region.add_argument("--uncrop", type=int, metavar="CROP", help="keep only the centred CROP×CROP square")
+    q.add_argument("--mask-white-known", action="store_true", help="in --mask, white marks the pixels to keep")
+    q.add_argument("--label", help="class id (all images), one per image, 'data' (the dataset's labels) or "
+                   "omit for unconditional completions; another class than the image's edits it")
+    q.add_argument("--num-samples", type=int, default=4, help="completions per image")
+    sampling_args(q)
+    q.add_argument("--out", default="inpaint.png")
+    q.set_defaults(fn=cmd_inpaint)
 
     n = sub.add_parser("nll", help="bits/dim on a dataset split", description=(
         "Negative log-likelihood in bits/dim. AR models are exact; MAR models give the random-masking "

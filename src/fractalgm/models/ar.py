@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..config import LevelConfig
-from ..sampling import SamplingOptions, cfg_scale
+from ..sampling import Known, SamplingOptions, cfg_scale
 from .layers import KVCache, LlamaBlock, init_weights, rope_2d_table, run_blocks
 
 
@@ -51,18 +51,22 @@ class ARGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, conds: list[torch.Tensor], embed: Callable, opts: SamplingOptions, num_iter: int,
-               schedule: str, child: Callable) -> torch.Tensor:
+               schedule: str, child: Callable, known: Known | None = None) -> torch.Tensor:
         """(M, L, C, p, p) integer patches in raster order; `num_iter` is ignored (always L steps).
 
         `embed(patches)` normalises and flattens integer patches; `child(conds, opts, index)` samples
-        the patches at the given (rows, positions).
+        the patches at the given (rows, positions). With `known` (patches (M, L, C, p, p)), entirely
+        known tokens are teacher-forced without calling the child; partly known ones go to the child
+        (the caller passes their known values). A token only sees known tokens *before* it in raster
+        order: causality hides the later ones.
         """
         L, rows = self.cfg.seq_len, conds[0].size(0)
         M = rows // 2 if opts.guided else rows
         dtype = self.pos_embed_learned.dtype
         caches = [KVCache(rows, self.cfg.num_heads, L + 1, self.cfg.head_dim, conds[0].device, dtype)
                   for _ in self.blocks]
-        canvas = None
+        canvas = None if known is None else known.values.clone()
+        todo = None if known is None else ~known.full  # (M, L) tokens to generate
         x = self.cond_emb(conds[0]).unsqueeze(1)  # step 0 decodes the condition token
         for s in range(L):
             if s > 0:
@@ -72,11 +76,17 @@ class ARGenerator(nn.Module):
             for block, cache in zip(self.blocks, caches):
                 x = block(x, self.rope[s:s + 1], cache, s)
             cond = self.norm(x)[:, 0]  # (rows, D): the condition of patch s
-            step = SamplingOptions(cfg_scale(opts.cfg, schedule, s + 1, L), opts.temperature,
-                                   opts.filter_threshold, opts.generator)
-            rows_idx = torch.arange(M, device=cond.device)
-            patch = child([cond], step, (rows_idx, torch.full_like(rows_idx, s)))  # (M, C, p, p)
+            step = opts.step(cfg_scale(opts.cfg, schedule, s + 1, L))
+            if todo is None:
+                rows_idx = torch.arange(M, device=cond.device)
+            else:
+                rows_idx = todo[:, s].nonzero()[:, 0]
+                if rows_idx.numel() == 0:
+                    continue
+                if rows_idx.numel() < M:
+                    cond = cond[torch.cat([rows_idx, rows_idx + M]) if opts.guided else rows_idx]
+            patch = child([cond], step.take(rows_idx), (rows_idx, torch.full_like(rows_idx, s)))  # (N, C, p, p)
             if canvas is None:
                 canvas = patch.new_zeros(M, L, *patch.shape[1:])
-            canvas[:, s] = patch
+            canvas[rows_idx, s] = patch
         return canvas

@@ -8,7 +8,8 @@ Attribute names (`generator`, `next_fractal`, …) follow the reference so its c
 """
 from __future__ import annotations
 
-from typing import Sequence
+import warnings
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ import torch.nn as nn
 from ..config import CHANNEL_NAMES, FractalConfig
 from ..likelihood import NLLResult, Scores, Scoring, Term, score_images, training_loss
 from ..patchify import normalize, patchify, quantize, unpatchify
-from ..sampling import CFG_SCHEDULES, SamplingOptions
+from ..sampling import CFG_SCHEDULES, CanvasView, Known, SamplingOptions
 from .ar import ARGenerator
 from .mar import MARGenerator
 from .pixel_head import PixelHead
@@ -86,20 +87,32 @@ class FractalLevel(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def generate(self, conds: list[torch.Tensor], opts: SamplingOptions, num_iter: Sequence[int],
-                 schedule: str) -> torch.Tensor:
-        """Sample (M, C, S, S) integer images; conds have 2M rows when guided (cond half first)."""
+                 schedule: str, known: Known | None = None, view: CanvasView | None = None) -> torch.Tensor:
+        """Sample (M, C, S, S) integer images; conds have 2M rows when guided (cond half first).
+
+        `known` (M, C, S, S) values are kept exactly and condition the rest; `view` records every
+        step into the full canvas. A partly known patch still samples its guiding pixel.
+        """
         if self.guide is not None:
             g = normalize(self.guide.sample(conds[0], opts), self.pixel_mean, self.pixel_std, 1)
             conds = conds + [torch.cat([g, g]) if opts.guided else g]
-        C = self.config.channels
+        C, p, grid = self.config.channels, self.generator.cfg.patch_size, self.generator.cfg.grid
+        known = None if known is None else known.patches(p)
 
         def child(sub_conds, step_opts, index):
             sub_conds = sub_conds[: self.child_conds]
+            sub = None if known is None else known.take(index)
             if isinstance(self.next_fractal, PixelHead):
-                return self.next_fractal.sample(sub_conds[0], step_opts).view(-1, C, 1, 1)
-            return self.next_fractal.generate(sub_conds, step_opts, num_iter, "constant")
+                kv, km = (None, None) if sub is None else (sub.values.view(-1, C), sub.mask.view(-1, C))
+                patches = self.next_fractal.sample(sub_conds[0], step_opts, kv, km).view(-1, C, 1, 1)
+            else:
+                patches = self.next_fractal.generate(sub_conds, step_opts, num_iter, "constant", sub,
+                                                     None if view is None else view.child(index, grid, p))
+            if view is not None:
+                view.write(self.index, index, patches, grid)
+            return patches
 
-        tokens = self.generator.sample(conds, self.embed, opts, num_iter[self.index], schedule, child)
+        tokens = self.generator.sample(conds, self.embed, opts, num_iter[self.index], schedule, child, known)
         return unpatchify(tokens)
 
 
@@ -242,7 +255,8 @@ class FractalGen(FractalLevel):
     @torch.no_grad()
     def sample(self, labels=None, *, num_images: int | None = None, num_iter: int | Sequence[int] | None = None,
                cfg: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
-               filter_threshold: float = 1e-4, generator: torch.Generator | None = None) -> torch.Tensor:
+               filter_threshold: float = 1e-4, generator: torch.Generator | None = None,
+               record: Callable | None = None) -> torch.Tensor:
         """Generate uint8 images (B, C, H, W).
 
         Args:
@@ -253,18 +267,105 @@ class FractalGen(FractalLevel):
             temperature: logits are divided by it (reference τ ↔ 1/τ here).
             filter_threshold: the reference's guidance filter τ_f (only used with cfg ≠ 1).
             generator: a torch.Generator; same seed ⇒ same images.
+            record: a callable `record(level, canvas, unknown)`, e.g. `fractalgm.animate.Recorder()`,
+                called with level None for the starting canvas, then after every step of every
+                level, depth first (the paper's Figure 3; in `inpaint`, AR steps over known patches
+                draw nothing and are skipped): canvas uint8 (B, C, H, W) so far and `unknown` bool
+                of the same shape. Both are live buffers: copy what you keep.
         """
         labels = self.check_labels(labels)
         if labels is None:
             if num_images is None or num_images < 1:
                 raise ValueError("pass labels, or num_images for unconditional samples")
-            if cfg != 1.0:
-                raise ValueError("classifier-free guidance needs labels (cfg must be 1 without them)")
             B = num_images
         else:
             B = labels.numel()
             if num_images not in (None, B):
                 raise ValueError(f"num_images={num_images} disagrees with {B} labels")
+        return self._sample(B, labels, None, num_iter, cfg, cfg_schedule, temperature, filter_threshold,
+                            generator, record)
+
+    def inpaint(self, images: torch.Tensor, known: torch.Tensor, labels=None, *,
+                num_iter: int | Sequence[int] | None = None, cfg: float = 1.0, cfg_schedule: str = "constant",
+                temperature: float = 1.0, filter_threshold: float = 1e-4, generator: torch.Generator | None = None,
+                record: Callable | None = None) -> torch.Tensor:
+        """Complete uint8 images (B, C, H, W): keep the `known` values exactly, sample the others.
+
+        `known` is a bool mask (B or 1, 1 or C, H, W), True = keep (see `fractalgm.masks`). Unknown
+        values are sampled conditioned on the known ones, through the whole hierarchy:
+        * MAR levels reveal entirely known patches from the start and generate only the others, in
+          a random order with the cosine schedule over their number (the linear CFG schedule over
+          the fraction of them revealed). A partly known patch is masked at its level until it is
+          generated (so patches generated before it do not see its known pixels); its own
+          generation, one level down, sees them all. Its guiding pixel (if any) is sampled.
+        * AR levels go in raster order, teacher-forcing known patches: a patch cannot see known
+          patches *after* it. The pixel head likewise sees only earlier channels. `hidden_known`
+          says which images are affected, and a warning is issued when any is.
+        Labels make it class-conditional: inpainting with another label edits the class. The
+        sampling options are those of `sample` (num_iter, cfg, cfg_schedule, temperature,
+        filter_threshold, generator, record); nothing known ⇒ exactly `sample`'s images.
+        """
+        self.check_images(images)
+        B = images.size(0)
+        images = images.to(self.device)
+        labels = self.check_labels(labels, B)
+        mask = self.check_known(known, images)
+        if labels is not None:
+            full = mask.flatten(1).all(1)
+            if full.any():
+                raise ValueError(f"image(s) {full.nonzero()[:, 0].tolist()} are entirely known: nothing would be "
+                                 f"generated, so their label cannot change them. Mask the region to edit "
+                                 f"(e.g. fractalgm.masks.box) or pass labels=None")
+        hidden = self.hidden_known(mask)
+        if hidden.any():
+            who = (["AR levels (raster order)"] * any(lv.kind == "ar" for lv in self.config.levels)
+                   + [f"the pixel head (channel order {self.config.channel_order!r})"] * (self.config.channels > 1))
+            warnings.warn(f"{int(hidden.sum())} of {B} image(s) have known pixels that this model cannot see when "
+                          f"generating: {' and '.join(who)} only condition on earlier values; such known values "
+                          f"are kept but ignored by what is generated before them", stacklevel=2)
+        return self._sample(B, labels, Known.of(images, mask), num_iter, cfg, cfg_schedule, temperature,
+                            filter_threshold, generator, record)
+
+    def check_known(self, known: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The `known` mask as bool (B, C, H, W) on the model's device, or a clear error."""
+        B, C, H, W = images.shape
+        if not isinstance(known, torch.Tensor) or known.dtype != torch.bool:
+            raise TypeError(f"known must be a bool tensor (True = keep the value), got "
+                            f"{getattr(known, 'dtype', type(known).__name__)}; e.g. known = mask > 0")
+        if known.dim() != 4 or known.shape[0] not in (1, B) or known.shape[1] not in (1, C) \
+                or tuple(known.shape[2:]) != (H, W):
+            raise ValueError(f"known has shape {tuple(known.shape)}; expected ({B} or 1, 1 or {C}, {H}, {W}) "
+                             f"to match the images {tuple(images.shape)}")
+        return known.to(self.device).expand(B, C, H, W)
+
+    def hidden_known(self, known: torch.Tensor) -> torch.Tensor:
+        """(B,) True where a known value comes after a value to generate in an order that cannot look
+        ahead (raster order at AR levels, channel order in the pixel head): it is kept, but what is
+        generated before it does not see it. Always False for MAR models with C = 1."""
+        C = self.config.channels
+        mask = known.bool().expand(-1, C, -1, -1)
+        B = mask.size(0)
+
+        def looks_ahead(todo: torch.Tensor, has: torch.Tensor) -> torch.Tensor:  # (N, T) along the order
+            generated_before = (todo.long().cumsum(1) - todo.long()) > 0
+            return (has & generated_before).any(1)
+
+        hidden = torch.zeros(B, dtype=torch.bool, device=mask.device)
+        for lv in self.config.levels:
+            if lv.kind == "ar":  # every sub-image of side S is one sequence of its tokens
+                seqs = patchify(patchify(mask, lv.image_size).flatten(0, 1), lv.patch_size).flatten(2)
+                hidden |= looks_ahead(~seqs.all(-1), seqs.any(-1)).view(B, -1).any(1)
+        order = [CHANNEL_NAMES[C].index(c) for c in self.config.channel_order]  # generation order
+        by_channel = mask[:, order].permute(0, 2, 3, 1).reshape(-1, C)
+        return hidden | looks_ahead(~by_channel, by_channel).view(B, -1).any(1)
+
+    @torch.no_grad()
+    def _sample(self, B: int, labels: torch.Tensor | None, known: Known | None, num_iter=None, cfg: float = 1.0,
+                cfg_schedule: str = "constant", temperature: float = 1.0, filter_threshold: float = 1e-4,
+                generator: torch.Generator | None = None, record: Callable | None = None) -> torch.Tensor:
+        """Check the sampling options, build the top conditions and run the hierarchy."""
+        if labels is None and cfg != 1.0:
+            raise ValueError("classifier-free guidance needs labels (cfg must be 1 without them)")
         if cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
         if temperature <= 0:
@@ -275,6 +376,15 @@ class FractalGen(FractalLevel):
             num_iter = [num_iter] * len(self.config.levels)
         if len(num_iter) != len(self.config.levels) or min(num_iter) < 1:
             raise ValueError(f"num_iter needs one positive entry per level ({len(self.config.levels)})")
+        view = None
+        if record is not None:
+            S, C = self.config.image_size, self.config.channels
+            canvas = torch.zeros(B, C, S, S, dtype=torch.uint8, device=self.device)
+            unknown = torch.ones(B, C, S, S, dtype=torch.bool, device=self.device)
+            if known is not None:
+                canvas, unknown = known.values.to(torch.uint8), ~known.mask
+            view = CanvasView(canvas, unknown, record)
+            record(None, canvas, unknown)
         was_training = self.training
         self.eval()
         try:
@@ -282,7 +392,7 @@ class FractalGen(FractalLevel):
             if cfg != 1.0:
                 cond = torch.cat([cond, self.fake_latent.expand(B, -1)])
             opts = SamplingOptions(float(cfg), float(temperature), float(filter_threshold), generator)
-            images = self.generate(self._top_conds(cond), opts, list(num_iter), cfg_schedule)
+            images = self.generate(self._top_conds(cond), opts, list(num_iter), cfg_schedule, known, view)
         finally:
             self.train(was_training)
         return images.to(torch.uint8)

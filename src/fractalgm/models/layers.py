@@ -13,16 +13,34 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 
+# cuDNN attention failed on H200 (torch 2.11) for many short sequences; the other kernels are exact
+_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_MAX_CUDA_BATCH = 32768  # CUDA grids cap one dimension at 65535: split bigger batches
+
+
 def attention(q, k, v, causal: bool = False, mask=None, dropout: float = 0.0) -> torch.Tensor:
-    """Scaled dot-product attention; on CPU low-precision inputs run in fp32, where PyTorch's CPU
-    kernels are several times faster than in bf16 (measured: benchmarks/attention)."""
+    """Scaled dot-product attention over (B, H, N, d).
+
+    On CPU, low-precision inputs run in fp32, where PyTorch's CPU kernels are several times faster
+    than in bf16. On CUDA, cuDNN is avoided and very large batches (lower levels see thousands of
+    short sequences) are split into chunks.
+    """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                              dropout_p=dropout, is_causal=causal)
         return out.to(q.dtype)
+    if q.device.type == "cuda":
+        with sdpa_kernel(_CUDA_BACKENDS):
+            if q.size(0) <= _MAX_CUDA_BATCH:
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+            return torch.cat([F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, dropout_p=dropout,
+                                                             is_causal=causal)
+                              for qc, kc, vc in zip(q.split(_MAX_CUDA_BATCH), k.split(_MAX_CUDA_BATCH),
+                                                    v.split(_MAX_CUDA_BATCH))])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
 
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..config import LevelConfig
 from ..likelihood import Scoring
-from ..sampling import SamplingOptions, cfg_scale, random_orders
+from ..sampling import Known, SamplingOptions, cfg_scale, random_orders
 from .layers import ViTBlock, init_weights, run_blocks
 
 
@@ -116,31 +116,91 @@ class MARGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, conds: list[torch.Tensor], embed: Callable, opts: SamplingOptions, num_iter: int,
-               schedule: str, child: Callable) -> torch.Tensor:
-        """(M, L, C, p, p) integer patches, revealed over min(L, num_iter) cosine-schedule steps."""
+               schedule: str, child: Callable, known: Known | None = None) -> torch.Tensor:
+        """(M, L, C, p, p) integer patches, revealed over min(U, num_iter) cosine-schedule steps.
+
+        `known` (patches (M, L, C, p, p)) reveals entirely known tokens from the start; the random
+        order and the cosine schedule then run over each row's U unknown tokens (U = L without
+        `known`: the reference's sampler). `child(conds, opts, index)` samples the patches at
+        index = (rows, positions), partly known ones included (the caller passes their known values).
+        """
         L, rows = self.cfg.seq_len, conds[0].size(0)
         M = rows // 2 if opts.guided else rows
         device = conds[0].device
-        mask = torch.ones(M, L, dtype=torch.bool, device=device)
         rank = ranks_of(random_orders(M, L, opts.generator, device))
-        steps = min(L, num_iter)
-        canvas = None
-        for step in range(steps):
-            masked = int(mask[0].sum())
-            target = max(1, min(masked - 1, math.floor(L * math.cos(math.pi / 2 * (step + 1) / steps))))
-            next_mask = rank < target
-            to_pred = mask if step == steps - 1 else mask & ~next_mask
-            tokens = embed(canvas) if canvas is not None else None
-            if tokens is None:
-                tokens = torch.zeros(M, L, self.patch_emb.in_features, device=device)
-            both = (lambda t: torch.cat([t, t])) if opts.guided else (lambda t: t)
-            maps = self.predict(both(tokens), both(mask), conds)
-            sel = both(to_pred)
-            step_opts = SamplingOptions(cfg_scale(opts.cfg, schedule, L - target, L), opts.temperature,
-                                        opts.filter_threshold, opts.generator)
-            patches = child([mp[sel] for mp in maps], step_opts, to_pred.nonzero(as_tuple=True))
-            if canvas is None:
-                canvas = patches.new_zeros(M, L, *patches.shape[1:])
-            canvas[to_pred] = patches
+        canvas, mask = None, torch.ones(M, L, dtype=torch.bool, device=device)
+        if known is not None:
+            canvas, mask = known.values.clone(), ~known.full
+            rank = ranks_of((rank + L * known.full).argsort(-1))  # unknown tokens first, same relative order
+        plan = SchedulePlan(mask.sum(1), num_iter, opts.cfg, schedule)
+        both = (lambda t: torch.cat([t, t])) if opts.guided else (lambda t: t)
+        for step in range(plan.steps):
+            next_mask = rank < plan.masked_after(step)
+            to_pred = mask & ~next_mask
+            live = to_pred.any(1)
+            if live.any():
+                # run only the rows that still generate (rows are independent; all rows without `known`)
+                run = slice(None) if live.all() else live.nonzero()[:, 0]
+                halves = torch.cat([run, run + M]) if opts.guided and not isinstance(run, slice) else run
+                tokens = embed(canvas[run]) if canvas is not None else \
+                    torch.zeros(M, L, self.patch_emb.in_features, device=device)
+                maps = self.predict(both(tokens), both(mask[run]), [c[halves] for c in conds])
+                index = to_pred.nonzero(as_tuple=True)
+                step_opts = opts.step(plan.scale(step)).take(index[0])
+                patches = child([mp[both(to_pred[run])] for mp in maps], step_opts, index)
+                if canvas is None:
+                    canvas = patches.new_zeros(M, L, *patches.shape[1:])
+                canvas[to_pred] = patches
             mask = next_mask
         return canvas
+
+
+def cosine_schedule(unknown: int, num_iter: int) -> list[int]:
+    """Tokens still masked after each step when revealing `unknown` tokens (spec §3.4, L → U).
+
+    m_s = max(1, min(m_{s−1} − 1, ⌊U·cos(π/2·(s+1)/T)⌋)), T = min(U, num_iter): at least one token
+    per step; the last step reveals all that remain although the formula says 1 (which the linear
+    CFG schedule still uses, as the reference does).
+    """
+    steps, masked, out = min(unknown, num_iter), unknown, []
+    for s in range(steps):
+        masked = max(1, min(masked - 1, math.floor(unknown * math.cos(math.pi / 2 * (s + 1) / steps))))
+        out.append(masked)
+    return out
+
+
+class SchedulePlan:
+    """Per-row cosine schedules: row b reveals its U_b unknown tokens in min(U_b, num_iter) steps.
+
+    Rows with equal U share one schedule (all rows when nothing is known) and get Python numbers,
+    exactly as the reference; otherwise per-row tensors. The linear CFG scale of a row follows the
+    revealed fraction of *its unknown* tokens, 1 + (cfg − 1)·(U − m)/U.
+    """
+
+    def __init__(self, unknown: torch.Tensor, num_iter: int, cfg, schedule: str):
+        counts = unknown.tolist()
+        masked = {u: cosine_schedule(u, num_iter) for u in set(counts)}
+        self.steps = max(map(len, masked.values()), default=0)
+        self.cfg = cfg
+        after = {u: m[:-1] + [0] if m else [] for u, m in masked.items()}  # the last step reveals the rest
+        scales = None
+        if schedule == "linear":
+            scales = {u: [cfg_scale(cfg, schedule, u - k, u) for k in m] for u, m in masked.items()}
+        if len(masked) == 1:
+            u, = masked
+            self._after, self._scale = after[u], scales and scales[u]
+        else:  # (steps, M): rows that are done leave 0 tokens masked
+            def per_row(table, fill, dtype):
+                rows = [table[u] + [fill] * (self.steps - len(table[u])) for u in counts]
+                return torch.tensor(rows, dtype=dtype, device=unknown.device).T
+
+            self._after = per_row(after, 0, torch.long).unsqueeze(-1)
+            self._scale = scales and per_row(scales, 1.0, torch.float64)
+
+    def masked_after(self, step: int):
+        """Tokens each row leaves masked after `step` (an int, or (M, 1))."""
+        return self._after[step]
+
+    def scale(self, step: int):
+        """The guidance scale of `step` (a float, or (M,) for per-row linear schedules)."""
+        return self.cfg if self._scale is None else self._scale[step]
