@@ -124,9 +124,10 @@ def tiny_fmnist() -> FractalConfig:
 # ---------------------------------------------------------------------------- Table 2 ablation
 # The paper's level ablation at Fashion-MNIST scale; the pixel head counts as a level. Fairness:
 # every variant has the same pixel head, a top level of the same width (256) and a total of 12
-# transformer blocks split over its generator levels; lower levels halve the width. Parameter
-# counts stay within ~25 % of each other while the compute per image differs by an order of
-# magnitude, which is the paper's point (see `fractalgm info --preset ablation_*`).
+# transformer blocks split over its generator levels; lower levels halve the width. That keeps
+# the models comparable in size (5.7–10.6 M parameters) while the compute per image differs by an
+# order of magnitude, which is the paper's point (`fractalgm info --preset ablation_*`,
+# benchmarks/train_speed.py).
 _ABLATION = {
     2: ((28, 1, 256, 12, 4),),  # one flat transformer over all 784 pixels
     3: ((28, 4, 256, 8, 4), (4, 1, 128, 4, 4)),

@@ -357,6 +357,9 @@ class Trainer:
                    initial=round(self.elapsed) if timed else self.step, disable=not (self.progress_bar and self.main),
                    unit="s" if timed else "step", dynamic_ncols=True)
         last = {}
+        if self.main and self.val_set is not None and self.step == 0:  # the starting point of the curve
+            last = {"step": 0, "val_bpd": self.validate(self.ema_model())}
+            self.log(last)
         t_log, imgs_since = time.time(), 0
         while self.progress < 1.0:
             t0 = time.time()

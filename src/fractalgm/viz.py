@@ -44,7 +44,8 @@ def plot_metrics(log_path, out_path):
     if not records:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train loss (nats/dim)")
+    train = [r for r in records if "loss" in r]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (nats/dim)")
     ax.set_xlabel("step")
     ax.set_ylabel("nats per sub-pixel")
     val = [(r["step"], r["val_bpd"]) for r in records if "val_bpd" in r]
