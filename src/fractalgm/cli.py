@@ -81,9 +81,11 @@ def cmd_sample(args):
     if labels is not None:
         labels = torch.tensor(labels).repeat_interleave(args.per_label)
     recorder = _recorder(args)
-    images = model.sample(labels.to(model.device) if labels is not None else None,
-                          num_images=None if labels is not None else args.num_images,
-                          **_sampling_options(args, model), record=recorder).cpu()
+    options = _sampling_options(args, model)
+    with _Progress(model, options["num_iter"], recorder) as progress:
+        images = model.sample(labels.to(model.device) if labels is not None else None,
+                              num_images=None if labels is not None else args.num_images,
+                              **options, record=progress).cpu()
     nrow = args.per_label if labels is not None else max(1, int(math.sqrt(len(images))))
     save_grid(images, args.out, nrow=nrow, by_column=labels is not None, scale=args.scale)
     print(f"wrote {len(images)} samples to {args.out}")
@@ -94,6 +96,31 @@ def cmd_sample(args):
         for i, img in enumerate(images):
             save_grid(img[None], folder / f"{i:05d}.png", nrow=1, scale=1)
         print(f"wrote {len(images)} files to {folder}")
+
+
+class _Progress:
+    """A `record` callback that advances a progress bar at every top-level step and feeds `inner`."""
+
+    def __init__(self, model, num_iter, inner=None):
+        from tqdm import tqdm
+
+        top = model.config.levels[0]
+        steps = num_iter if isinstance(num_iter, int) else (num_iter or model.default_num_iter())[0]
+        total = top.seq_len if top.kind == "ar" else min(top.seq_len, steps)
+        self.inner = inner
+        self.bar = tqdm(total=total, unit="step", desc="sampling (top level)", dynamic_ncols=True)
+
+    def __call__(self, level, canvas, unknown):
+        if self.inner is not None:
+            self.inner(level, canvas, unknown)
+        if level == 0:
+            self.bar.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
 
 
 def _sampling_options(args, model) -> dict:
