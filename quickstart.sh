@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-[ -d /usr/share/datasets/fashion-mnist ] || $SUDO apt-get install -y dataset-fashion-mnist
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  $SUDO apt-get install -y dataset-fashion-mnist || { $SUDO apt-get update && $SUDO apt-get install -y dataset-fashion-mnist; }
+fi
 [ -d .venv ] || python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[test]"
