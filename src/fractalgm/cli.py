@@ -46,6 +46,10 @@ def cmd_train(args):
     overrides = {"num_classes": train_set.num_classes} if cfg.num_classes != train_set.num_classes else {}
     if args.grad_checkpointing:
         overrides["grad_checkpointing"] = True
+    if args.r_weight is not None:
+        overrides["r_weight"] = args.r_weight
+    if args.label_drop is not None:
+        overrides["label_drop_prob"] = args.label_drop
     if args.unconditional:
         overrides["num_classes"] = 0
     cfg = cfg.replace(**overrides) if overrides else cfg
@@ -342,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--grad-checkpointing", action="store_true")
     t.add_argument("--ema-decay", type=float, default=0.999)
+    t.add_argument("--r-weight", type=float, help="training weight of the first generated channel "
+                   "(the reference trains RGB models with 5)")
+    t.add_argument("--label-drop", type=float, help="probability of dropping a label in training, for CFG "
+                   "(default: the preset's, 0.1)")
     t.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
     t.add_argument("--unconditional", action="store_true", help="ignore labels (num_classes = 0)")
     t.add_argument("--seed", type=int, default=0)
