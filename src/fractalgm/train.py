@@ -4,7 +4,7 @@ A run folder holds::
 
     train_config.json   the TrainConfig and the model config
     metrics.jsonl       one JSON object per logged step (loss, lr, grad norm, images/s, val bpd)
-    loss.png            the loss curve (re-drawn at every log)
+    loss.png            the loss curve (re-drawn at every save)
     samples/            sample grids from the EMA weights
     model/              the EMA model folder (config.json + model.safetensors), loadable with from_pretrained
     train_state.pt      everything `--resume` needs (weights, EMA, optimizer, step, RNG states)
@@ -374,7 +374,6 @@ class Trainer:
                            images_per_s=imgs_since / max(now - t_log, 1e-9), elapsed_s=self.elapsed)
                 t_log, imgs_since = now, 0
                 self.log(rec)
-                plot_metrics(self.out / LOG, self.out / "loss.png")
                 last = rec
             if self.main and self.val_set is not None and (self.step % c.eval_every == 0 or done):
                 model = self.ema_model()
@@ -385,6 +384,8 @@ class Trainer:
                 last = {**rec, **val}
             if self.step % c.save_every == 0 or done or stop:
                 self.save()
+                if self.main:  # re-drawn with each save, not each log: it re-reads the whole log
+                    plot_metrics(self.out / LOG, self.out / "loss.png")
             bar.update(round(self.elapsed) - bar.n if timed else 1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", step=self.step)
             if stop:
