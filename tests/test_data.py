@@ -15,7 +15,7 @@ from PIL import Image
 from fractalgm import data
 from fractalgm.data import ImageDataset, check_images, load_dataset
 
-HAS_FASHION = all((data.FASHION_SYSTEM_DIR / name).is_file() for name in data.FASHION_MD5)
+HAS_FASHION = all((data.sources.FASHION_SYSTEM_DIR / name).is_file() for name in data.FASHION_MD5)
 needs_fashion = pytest.mark.skipif(not HAS_FASHION, reason="Debian package dataset-fashion-mnist not installed")
 
 
@@ -96,7 +96,7 @@ def test_fashion_missing_data_dir_mentions_apt_get(tmp_path):
 
 
 def test_fashion_offline_without_files_mentions_apt_get(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(data.sources, "FASHION_SYSTEM_DIR", tmp_path / "system")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     def offline(url, timeout=None):
@@ -108,10 +108,10 @@ def test_fashion_offline_without_files_mentions_apt_get(tmp_path, monkeypatch):
 
 def test_fashion_download_checks_md5_and_falls_back_to_next_mirror(tmp_path, monkeypatch):
     served = {p.name: p.read_bytes() for p in write_idx_dir(tmp_path / "served").iterdir()}
-    monkeypatch.setattr(data, "FASHION_MD5", {name: hashlib.md5(b).hexdigest() for name, b in served.items()})
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(data.sources, "FASHION_MD5", {name: hashlib.md5(b).hexdigest() for name, b in served.items()})
+    monkeypatch.setattr(data.sources, "FASHION_SYSTEM_DIR", tmp_path / "system")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    first, second = data.FASHION_URLS
+    first, second = data.sources.FASHION_URLS
 
     def fake_urlopen(url, timeout=None):  # first mirror serves corrupted bytes
         name = url.rsplit("/", 1)[1]
@@ -156,9 +156,9 @@ def test_photos_split_by_source_photo():
     used = {s: set(ds.labels.tolist()) for s, ds in splits.items()}
     assert not (used["train"] & used["val"] or used["train"] & used["test"] or used["val"] & used["test"])
     for split, ds in splits.items():
-        expected = sorted(data.PHOTO_SPLITS[split], key=data.PHOTOS.index)
+        expected = sorted(data.sources.PHOTO_SPLITS[split], key=data.sources.PHOTOS.index)
         assert [ds.class_names[i] for i in sorted(used[split])] == expected
-    assert ds.num_classes == len(data.PHOTOS)
+    assert ds.num_classes == len(data.sources.PHOTOS)
     assert torch.equal(splits["train"].images, load_dataset("photos", "train").images)
     assert not torch.equal(splits["train"].images, load_dataset("photos", "train", seed=1).images)
     assert torch.equal(splits["test"].images, load_dataset("photos", "test", seed=1).images)
