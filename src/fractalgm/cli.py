@@ -35,14 +35,16 @@ def _load_model(args):
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args):
-    from .data import check_images, load_dataset
+    from .data import check_images
+    from .data.cli_args import apply_recipe, open_for_model, train_data_settings
     from .models import FractalGen
     from .presets import get_preset
     from .train import TrainConfig, Trainer
 
+    apply_recipe(args)
     cfg = get_preset(args.preset)
-    train_set = load_dataset(args.data, "train", data_dir=args.data_dir, image_size=cfg.image_size)
-    val_set = load_dataset(args.data, "val", data_dir=args.data_dir, image_size=cfg.image_size)
+    train_set = open_for_model(args, "train", cfg.channels, cfg.image_size)
+    val_set = open_for_model(args, "val", cfg.channels, cfg.image_size)
     overrides = {"num_classes": train_set.num_classes} if cfg.num_classes != train_set.num_classes else {}
     if args.grad_checkpointing:
         overrides["grad_checkpointing"] = True
@@ -60,7 +62,8 @@ def cmd_train(args):
                        warmup=args.warmup, steps=args.steps, epochs=args.epochs, minutes=args.minutes,
                        grad_clip=args.grad_clip, grad_accum=args.grad_accum, ema_decay=args.ema_decay,
                        amp=args.amp, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every,
-                       save_every=args.save_every, val_images=args.val_images, device=args.device)
+                       save_every=args.save_every, val_images=args.val_images, device=args.device,
+                       **train_data_settings(args))
     torch.manual_seed(args.seed)
     trainer = Trainer(FractalGen(cfg), train_set, Path(args.out), tcfg, val_set=val_set)
     if args.resume:
@@ -175,23 +178,6 @@ def _mask(args, size: int) -> torch.Tensor:
     return masks.uncrop(size, args.uncrop)
 
 
-def _read_image(path: str, channels: int, size: int) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
-
-    from .data import center_crop_arr
-
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the image {path}: {e}") from e
-    img = img.convert("L" if channels == 1 else "RGB")
-    arr = np.array(img) if img.size == (size, size) else center_crop_arr(img, size)
-    arr = arr.reshape(size, size, channels)
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-
-
 def cmd_inpaint(args):
     from .animate import paint_unknown
     from .viz import save_grid
@@ -201,16 +187,19 @@ def cmd_inpaint(args):
     S, K = cfg.image_size, args.num_samples
     true_labels = None
     if args.image:
-        images = torch.stack([_read_image(p, cfg.channels, S) for p in args.image])
-    else:
-        from .data import check_images, load_dataset
+        from .data import read_image
 
-        data = load_dataset(args.data, args.split, data_dir=args.data_dir, image_size=S)
+        images = torch.stack([read_image(p, cfg.channels, S) for p in args.image])
+    else:
+        from .data import check_images
+        from .data.cli_args import open_for_model
+
+        data = open_for_model(args, args.split, cfg.channels, S)
         check_images(data, cfg.channels, S)
         idx = [int(v) for v in args.dataset_index.split(",")]
         if min(idx) < 0 or max(idx) >= len(data):
             raise ValueError(f"--dataset-index must be in [0, {len(data)}) for the {args.split} split")
-        images, true_labels = data.images[idx], data.labels[idx]
+        images, true_labels = torch.stack([data[i][0] for i in idx]), torch.stack([data[i][1] for i in idx])
     B = len(images)
     if args.label in (None, "none"):
         labels = None
@@ -239,10 +228,11 @@ def cmd_inpaint(args):
 def cmd_nll(args):
     from tqdm import tqdm
 
-    from .data import check_images, load_dataset
+    from .data import check_images, take
+    from .data.cli_args import open_for_model
 
     model = _load_model(args)
-    data = load_dataset(args.data, args.split, data_dir=args.data_dir, image_size=model.config.image_size)
+    data = open_for_model(args, args.split, model.config.channels, model.config.image_size)
     check_images(data, model.config.channels, model.config.image_size)
     n = min(len(data), args.limit) if args.limit else len(data)
     g = torch.Generator(model.device).manual_seed(args.seed)
@@ -250,8 +240,8 @@ def cmd_nll(args):
     nats, var = [], []
     with tqdm(total=n, unit="img", desc="exact nll" if exact else f"nll ({args.passes} passes)") as bar:
         for i in range(0, n, args.batch_size):
-            x = data.images[i:min(i + args.batch_size, n)].to(model.device)
-            y = data.labels[i:i + len(x)].to(model.device) if args.conditional else None
+            x, y = take(data, i, min(i + args.batch_size, n))
+            x, y = x.to(model.device), y.to(model.device) if args.conditional else None
             r = model.nll(x, y, passes=args.passes, exact=args.exact, order=args.order, generator=g)
             nats.append(r.nats)
             if r.stderr is not None:
@@ -321,10 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(or .mp4 with imageio-ffmpeg): one frame per step of every level")
         q.add_argument("--fps", type=float, help="animation frame rate (default: ~15 s in all, ≤ 50 fps)")
 
-    def data_args(q):
-        q.add_argument("--data", default="fashion_mnist", help="dataset name (fashion_mnist, mnist5k, digits, "
-                       "photos) or a path (ImageFolder, CIFAR batches dir, .npz)")
-        q.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files")
+    from .data.cli_args import add_data_args as data_args, add_train_data_args
 
     t = sub.add_parser("train", help="train a preset on a dataset", description=(
         "Train a model. Writes metrics.jsonl, loss.png, sample grids, an EMA model folder and a "
@@ -359,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-images", type=int, default=500)
     t.add_argument("--device", default="auto")
     t.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
+    add_train_data_args(t)
     t.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("sample", help="write a PNG grid of samples", description=(
@@ -425,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", help="the matching preset (inferred from the keys when omitted)")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     c.set_defaults(fn=cmd_convert)
+    from .data import prepare_cli
+    prepare_cli.add_parser(sub)
     return p
 
 

@@ -121,6 +121,12 @@ def tiny_fmnist() -> FractalConfig:
     return _small(((28, 4, 32, 1, 2), (4, 1, 32, 1, 2)), 1, "mar", head=PixelHeadConfig(16, 1, 2))
 
 
+@register_preset
+def tiny_rgb64() -> FractalConfig:
+    """A 64×64 RGB MAR model (64→8→1) small enough to check the data pipeline in seconds per step."""
+    return _small(((64, 8, 32, 1, 2), (8, 1, 32, 1, 2)), 3, "mar", head=PixelHeadConfig(16, 1, 2))
+
+
 # ---------------------------------------------------------------------------- Table 2 ablation
 # The paper's level ablation at Fashion-MNIST scale; the pixel head counts as a level. Fairness:
 # every variant has the same pixel head, a top level of the same width (256) and a total of 12

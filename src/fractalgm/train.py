@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import save_pretrained
-from .data import ImageDataset
+from .data import BatchFeed, BatchPlan, ImageSource, take
 from .models import FractalGen
 
 LOG = "metrics.jsonl"
@@ -56,6 +56,13 @@ class TrainConfig:
     val_images: int = 500
     sample_labels: tuple[int, ...] | None = None
     device: str = "auto"
+    # data feeding and the reference recipe (see data/pipeline.py and recipe.py)
+    num_workers: int = 4  # DataLoader workers decoding streaming datasets (0: in the main process)
+    prefetch: int = 4  # batches each worker prepares ahead
+    flip: bool | None = None  # random horizontal flips; None: on for natural images, off for digits/clothes
+    global_batch: int | None = None  # if set, grad_accum = global_batch / (batch_size · world)
+    allow_world_change: bool = False  # resume on another number of processes (not bit-identical)
+    val_passes: int = 1  # forward passes averaged per validation NLL (the reference uses 10 for MAR)
 
     @property
     def effective_batch(self) -> int:
@@ -137,11 +144,6 @@ def autocast_context(amp: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
 def atomic_torch_save(obj, path: Path):
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
@@ -153,10 +155,10 @@ def atomic_torch_save(obj, path: Path):
 @dataclass
 class Trainer:
     model: FractalGen
-    train_set: ImageDataset
+    train_set: ImageSource
     out: Path
     cfg: TrainConfig = field(default_factory=TrainConfig)
-    val_set: ImageDataset | None = None
+    val_set: ImageSource | None = None
     progress_bar: bool = True
 
     def __post_init__(self):
@@ -180,7 +182,11 @@ class Trainer:
         self.step = 0
         self.total_steps = None  # step budgets
         self.elapsed = 0.0  # seconds trained so far (time budgets)
-        self.steps_per_epoch = max(len(self.train_set) // (self.cfg.batch_size * self.world), 1)
+        if self.cfg.global_batch is not None:
+            from .recipe import grad_accum_for
+            self.cfg.grad_accum = grad_accum_for(self.cfg.global_batch, self.cfg.batch_size, self.world)
+        self.feed = BatchFeed(self.train_set, self.device, self.cfg.num_workers, self.cfg.prefetch)
+        self.steps_per_epoch = self.batch_plan().steps_per_epoch  # optimizer steps
 
     # ------------------------------------------------------------------ state
     def _rng_states(self) -> list[torch.Tensor]:
@@ -206,6 +212,7 @@ class Trainer:
                 "rng": self._rng_states(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "scaler": self.scaler.state_dict() if self.scaler else {},
+                "data": self.batch_plan().state(),
                 "train_config": json.dumps(asdict(self.cfg))}
 
     def save(self):
@@ -233,17 +240,35 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+        self._resume_data(state.get("data"))
 
     # ------------------------------------------------------------------ data
+    def batch_plan(self) -> BatchPlan:
+        c = self.cfg
+        flip = self.train_set.natural if c.flip is None else c.flip
+        return BatchPlan(len(self.train_set), c.batch_size, self.world, self.rank, c.grad_accum, c.seed, flip)
+
     def batch(self, step: int, micro: int):
         """The micro-batch of a step: a pure function of (seed, step), which makes resume exact."""
-        n, bs = len(self.train_set), self.cfg.batch_size * self.world  # the global micro-batch
-        index = (step * self.cfg.grad_accum + micro) * bs
-        epoch, start = divmod(index, self.steps_per_epoch * bs)
-        idx = epoch_order(n, self.cfg.seed, epoch)[start:start + bs]
-        idx = idx[self.rank * self.cfg.batch_size:(self.rank + 1) * self.cfg.batch_size]  # this rank's share
-        return (self.train_set.images[idx].to(self.device, non_blocking=True),
-                self.train_set.labels[idx].to(self.device, non_blocking=True))
+        return self.feed.get(self.batch_plan(), step, micro)
+
+    def _resume_data(self, saved: dict | None):
+        """Refuse (or, with allow_world_change, adapt to) a resume whose batches would not continue."""
+        from .recipe import grad_accum_for, world_change
+
+        c = self.cfg
+        if saved and saved["world"] != self.world and c.allow_world_change and c.global_batch is None:
+            c.grad_accum = grad_accum_for(saved["global_batch"], c.batch_size, self.world)
+        plan = self.batch_plan()
+        note = world_change(saved, self.world, plan.global_batch, c.allow_world_change)
+        if note:
+            torch.manual_seed(c.seed * 1_000_003 + self.step * 1_009 + self.rank)
+            if self.main:
+                print(note)
+        if saved and saved["num_images"] != plan.num_images and self.main:
+            print(f"note: the training set has {plan.num_images} images, the saved run had "
+                  f"{saved['num_images']}: the data order after resume differs from an uninterrupted run")
+        self.steps_per_epoch = plan.steps_per_epoch
 
     def plan_steps(self) -> int | None:
         """Steps for step/epoch budgets; None for a `minutes` budget (the schedule follows the clock)."""
@@ -251,7 +276,7 @@ class Trainer:
         if c.steps is not None:
             return c.steps
         if c.epochs is not None:
-            return max(1, round(c.epochs * self.steps_per_epoch / c.grad_accum))
+            return max(1, round(c.epochs * self.steps_per_epoch))
         if c.minutes is not None:
             return None
         raise ValueError("give a budget: steps, epochs or minutes")
@@ -312,9 +337,9 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(1234)
         total = 0.0
         for i in range(0, n, 250):
-            x = data.images[i:min(i + 250, n)].to(self.device)
+            x = take(data, i, min(i + 250, n))[0].to(self.device)
             with self.autocast:
-                total += float(model.nll(x, generator=gen).bpd.sum())
+                total += float(model.nll(x, passes=self.cfg.val_passes, generator=gen).bpd.sum())
         return total / n
 
     @torch.no_grad()
