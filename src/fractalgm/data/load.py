@@ -38,23 +38,23 @@ def open_dataset(name_or_path: str | os.PathLike, split: str = "train", *, image
     """A streaming dataset for image folders and tar shards, the in-memory `ImageDataset` otherwise.
 
     Streaming sets decode with the ADM centre crop to `image_size` and convert files to `channels`
-    (default 3), counting the files converted; see `load_dataset` for the other arguments.
+    (default 3; for shards, what meta.json says), counting the files converted; see `load_dataset` for the other arguments.
     """
     _check_arguments(name_or_path, split, channels, num_crops)
     if not is_streamable(name_or_path):
         return load_dataset(name_or_path, split, data_dir=data_dir, image_size=image_size, channels=channels,
                             val_size=val_size, seed=seed, skip_bad=skip_bad, num_crops=num_crops)
-    return _open_streaming(Path(name_or_path).expanduser(), split, image_size, channels or 3, val_size, seed, skip_bad)
+    return _open_streaming(Path(name_or_path).expanduser(), split, image_size, channels, val_size, seed, skip_bad)
 
 
 def _open_streaming(path: Path, split: str, image_size, channels, val_size, seed, skip_bad) -> StreamingDataset:
     shards = is_shard_dir(path)
     if not shards and image_size is None:
         raise ValueError(f"{path}: image folders need an image size (pass image_size / --image-size)")
-    make = TarShards if shards else ImageFolder
-
     def part(name):
-        return make(path, name, image_size=image_size, channels=channels, skip_bad=skip_bad)
+        if shards:  # size and channels default to meta.json's
+            return TarShards(path, name, image_size=image_size, channels=channels, skip_bad=skip_bad)
+        return ImageFolder(path, name, image_size=image_size, channels=channels or 3, skip_bad=skip_bad)
 
     own = split == "test" or (split in ("train", "val") and _has_part(path, "val", shards))
     data = part(split if own else "train")
@@ -107,7 +107,7 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "train", *, data_
                                     f"directory")
         source = array_source(path)
         if source is None:
-            return _open_streaming(path, split, image_size, channels or 3, val_size, seed, skip_bad).materialize()
+            return _open_streaming(path, split, image_size, channels, val_size, seed, skip_bad).materialize()
     images, labels = _select(source, split, val_size, seed)
     images = _match_channels(images, channels)
     if image_size is not None and images.shape[2:] != (image_size, image_size):

@@ -153,7 +153,10 @@ class BatchFeed:
         loader = DataLoader(_Items(self.dataset), batch_sampler=_PlannedBatches(plan, k), collate_fn=_collate,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,
                             prefetch_factor=self.prefetch if self.num_workers else None,
-                            persistent_workers=False)
+                            persistent_workers=False,
+                            # its own generator: starting a loader must not draw from the global RNG,
+                            # which the masks use (else a resumed run's masks would shift by one draw)
+                            generator=torch.Generator().manual_seed(plan.seed))
         self._iter, self._plan = iter(loader), plan
 
     def _report(self, events):
