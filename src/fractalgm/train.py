@@ -174,7 +174,10 @@ class Trainer:
         self.model.to(self.device)
         self.net = self.model  # what the step calls: the model, or its DDP wrapper
         if self.world > 1:
-            self.net = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
+            # without label drop the fake latent gets no gradient; DDP must be told, or the bucket holding it
+            # is never all-reduced and every rank silently keeps its own gradient
+            self.net = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None,
+                                               find_unused_parameters=self.model.config.label_drop_prob == 0)
         self.opt = torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.base_lr(self.world),
                                      betas=tuple(self.cfg.betas))
         self.ema = EMA(self.model, self.cfg.ema_decay)
