@@ -265,3 +265,11 @@ def test_grayscale_folder_trains_a_one_channel_preset(tmp_path):
               "--out", str(tmp_path / "run"), "--amp", "none", "--workers", "1", "--val-images", "2",
               "--eval-every", "1000"])
     assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [({"batch_size": 0}, "--batch-size must be at least 1"),
+                                             ({"batch_size": 2, "grad_accum": 0}, "--grad-accum must be at least 1"),
+                                             ({"batch_size": 2, "world": 2, "rank": 2}, "rank 2 is outside")])
+def test_plan_rejects_impossible_layouts(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BatchPlan(100, **kwargs)

@@ -40,7 +40,7 @@ RECIPES = {
 def grad_accum_for(global_batch: int, batch_size: int, world: int) -> int:
     """The accumulation that makes per-GPU batch × world × accumulation equal `global_batch`, or an error."""
     per_step = batch_size * world
-    if global_batch <= 0 or global_batch % per_step:
+    if per_step <= 0 or global_batch <= 0 or global_batch % per_step:
         raise ValueError(f"--global-batch {global_batch} is not a multiple of --batch-size {batch_size} × "
                          f"{world} process(es) = {per_step}; choose a per-GPU batch that divides it")
     return global_batch // per_step

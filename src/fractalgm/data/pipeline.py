@@ -56,6 +56,12 @@ class BatchPlan:
     flip: bool = False
 
     def __post_init__(self):
+        for name, value, flag in (("batch_size", self.batch_size, "--batch-size"), ("world", self.world, "processes"),
+                                  ("grad_accum", self.grad_accum, "--grad-accum")):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {self.rank} is outside 0..{self.world - 1}")
         if self.num_images < self.global_batch:
             raise ValueError(f"the dataset has {self.num_images} images, fewer than one global batch of "
                              f"{self.global_batch} (--batch-size {self.batch_size} × {self.world} process(es) × "
