@@ -273,3 +273,20 @@ def test_grayscale_folder_trains_a_one_channel_preset(tmp_path):
 def test_plan_rejects_impossible_layouts(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BatchPlan(100, **kwargs)
+
+
+def test_prepare_keeps_splits_and_skips_bad_files_only_when_asked(tmp_path, capsys):
+    src = tmp_path / "src"
+    write_folder(src / "train", per_class=5)
+    write_folder(src / "val", per_class=2, seed=1)
+    (src / "train/dog/003.png").write_bytes(b"broken")
+    with pytest.raises(SystemExit):
+        prepare(src, tmp_path / "refused")
+    err = capsys.readouterr().err
+    assert "003.png: cannot identify image file;" in err and "--skip-bad" in err and "BytesIO" not in err
+    out = tmp_path / "shards"
+    main(["prepare", str(src), "--out", str(out), "--image-size", "16", "--workers", "1", "--no-progress",
+          "--skip-bad"])
+    assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
+    assert json.loads((out / "meta.json").read_text())["counts"] == {"train": 9, "val": 4}
+    assert len(open_dataset(out, "train")) == 9 and len(open_dataset(out, "val")) == 4  # val shards, not carved

@@ -98,6 +98,9 @@ class StreamingDataset(Dataset):
             if note:
                 events.append(("converted", self.where(record), note))
             return Loaded(arr, int(self.record_labels[record]), events)
+        if self.skip_bad:  # a whole run of unreadable records: almost surely not a few bad files
+            events.append(("error", events[0][1], f"{events[0][2]}, and the next {MAX_SUBSTITUTES - 1} records "
+                                                  f"are unreadable too"))
         return Loaded(None, int(self.record_labels[self.ids[index]]), events)
 
     def __getitem__(self, index):
@@ -105,9 +108,8 @@ class StreamingDataset(Dataset):
         index, flip = index if isinstance(index, tuple) else (index, False)
         item = self.load(int(index), bool(flip))
         if item.image is None:
-            kind, where, reason = item.events[-1]
-            raise BadImage(where, reason if kind == "error" else f"{reason} (and no readable record "
-                                                                  f"within {MAX_SUBSTITUTES} after it)")
+            _, where, reason = item.events[-1]
+            raise BadImage(where, reason)
         return torch.from_numpy(item.image), torch.tensor(item.label)
 
     def materialize(self) -> ImageDataset:
