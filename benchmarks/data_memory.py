@@ -7,6 +7,7 @@ loader alone against training, to show the loader is not the bottleneck.
 
     python benchmarks/data_memory.py                 # generates /tmp/fractalgm-bench/jpeg64-{5000,50000} once
     python benchmarks/data_memory.py --sizes 500 5000 --steps 5
+    python benchmarks/data_memory.py --sizes 5000 --generate-only   # just the folder
 
 Writes JSON (default benchmarks/results/data_memory.json).
 """
@@ -99,6 +100,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "data_memory.json"))
+    p.add_argument("--generate-only", action="store_true", help="only write the JPEG folders (e.g. for a torchrun check)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -107,6 +109,9 @@ def main():
     results = []
     for n in args.sizes:
         folder = generate(Path(args.root) / f"jpeg64-{n}", n, max(1, os.cpu_count() or 1))
+        if args.generate_only:
+            print(folder)
+            continue
         out = Path(args.root) / f"run-{n}"
         cmd = [sys.executable, __file__, "--child", str(folder), "--steps", str(args.steps),
                "--batch-size", str(args.batch_size), "--workers", str(args.workers)]
@@ -115,6 +120,8 @@ def main():
             raise SystemExit(r.stderr[-3000:])
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]))
+    if args.generate_only:
+        return
     peaks = [r["trainer_peak_rss_mb"] for r in results]
     summary = {"results": results, "peak_rss_ratio_largest_vs_smallest": peaks[-1] / peaks[0],
                "within_10_percent": abs(peaks[-1] / peaks[0] - 1) <= 0.10,
