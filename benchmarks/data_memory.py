@@ -70,7 +70,7 @@ def child(data: str, steps: int, batch: int, workers: int) -> dict:
     t_open = time.time()
     dataset = open_dataset(data, "train_full", image_size=64)
     open_s = time.time() - t_open
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=1e-3, amp="auto", device="cpu", num_workers=workers,
+    cfg = TrainConfig(steps=steps, batch_size=batch, lr=1e-3, amp="auto", device="cpu", workers=workers,
                       log_every=1, save_every=10**9, eval_every=10**9)
     trainer = Trainer(FractalGen(get_preset("tiny_rgb64")), dataset, Path(os.environ["BENCH_OUT"]), cfg,
                       progress_bar=False)

@@ -122,7 +122,7 @@ def folder_trainer(root, out, steps=7, **kw):
     data = open_dataset(root, "train_full", image_size=28, channels=1)
     data.natural = True  # flips on, so resume must reproduce them as well
     cfg = TrainConfig(steps=steps, batch_size=4, lr=1e-3, log_every=1, save_every=100, eval_every=100,
-                      amp="none", device="cpu", num_workers=2, prefetch=2, **kw)
+                      amp="none", device="cpu", workers=2, prefetch=2, **kw)
     return Trainer(model, data, out, cfg, progress_bar=False)
 
 
@@ -247,8 +247,9 @@ def test_every_option_named_in_a_data_message_exists():
     from pathlib import Path
 
     import fractalgm.data as package
-    text = "".join(p.read_text() for p in Path(package.__file__).parent.glob("*.py"))
-    named = set(re.findall(r"(--[a-z][a-z-]+)", text)) - {"--data", "--format"}  # format: prepare's own
+    files = [*Path(package.__file__).parent.glob("*.py"), Path(package.__file__).parents[1] / "recipe.py"]
+    text = "".join(p.read_text() for p in files)
+    named = set(re.findall(r"(--[a-z][a-z-]+)", text))
     parser = build_parser()
     actions = parser._subparsers._group_actions[0].choices
     options = {o for name in ("train", "nll", "inpaint", "prepare") for a in actions[name]._actions

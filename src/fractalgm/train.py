@@ -57,7 +57,7 @@ class TrainConfig:
     sample_labels: tuple[int, ...] | None = None
     device: str = "auto"
     # data feeding and the reference recipe (see data/pipeline.py and recipe.py)
-    num_workers: int = 4  # DataLoader workers decoding streaming datasets (0: in the main process)
+    workers: int = 4  # DataLoader workers decoding streaming datasets (0: in the main process)
     prefetch: int = 4  # batches each worker prepares ahead
     flip: bool | None = None  # random horizontal flips; None: on for natural images, off for digits/clothes
     global_batch: int | None = None  # if set, grad_accum = global_batch / (batch_size · world)
@@ -188,7 +188,7 @@ class Trainer:
         if self.cfg.global_batch is not None:
             from .recipe import grad_accum_for
             self.cfg.grad_accum = grad_accum_for(self.cfg.global_batch, self.cfg.batch_size, self.world)
-        self.feed = BatchFeed(self.train_set, self.device, self.cfg.num_workers, self.cfg.prefetch)
+        self.feed = BatchFeed(self.train_set, self.device, self.cfg.workers, self.cfg.prefetch)
         self.steps_per_epoch = self.batch_plan().steps_per_epoch  # optimizer steps
 
     # ------------------------------------------------------------------ state

@@ -75,7 +75,7 @@ def apply_recipe(args: argparse.Namespace) -> None:
 
 def train_data_settings(args: argparse.Namespace) -> dict:
     """The TrainConfig fields set by the options above."""
-    return {"num_workers": args.workers, "prefetch": args.prefetch,
+    return {"workers": args.workers, "prefetch": args.prefetch,
             "flip": {"auto": None, "on": True, "off": False}[args.flip], "global_batch": args.global_batch,
             "allow_world_change": args.allow_world_change, "val_passes": args.val_passes}
 
