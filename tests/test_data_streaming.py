@@ -1,5 +1,6 @@
 """Streaming datasets: image folders and tar shards decoded in real DataLoader workers, the per-rank batch
 plan, exact mid-epoch resume through the Trainer, and bad data in every form the issue lists."""
+import io
 import json
 import os
 import tarfile
@@ -71,6 +72,20 @@ def test_shards_read_by_the_webdataset_package(tmp_path):
     out = prepare(write_folder(tmp_path / "f", per_class=3), tmp_path / "shards", shard_size=100)
     samples = list(wds.WebDataset(str(out / "train-000000.tar"), shardshuffle=False))
     assert len(samples) == 6 and int(samples[-1]["cls"]) == 1
+
+
+def test_shards_written_by_the_webdataset_package_read_here(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    images = [np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8) for i in range(3)]
+    with wds.TarWriter(str(tmp_path / "train-000000.tar")) as sink:
+        for i, arr in enumerate(images):
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG")
+            sink.write({"__key__": f"sample{i}", "png": buf.getvalue(), "cls": i % 2})
+    ds = open_dataset(tmp_path, "train_full", image_size=20)  # no meta.json: size given, classes counted
+    assert len(ds) == 3 and ds.num_classes == 2
+    assert all(np.array_equal(ds[i][0].permute(1, 2, 0).numpy(), images[i]) and int(ds[i][1]) == i % 2
+               for i in range(3))
 
 
 def test_grayscale_folder_and_one_channel_shards(tmp_path):
@@ -291,3 +306,8 @@ def test_prepare_keeps_splits_and_skips_bad_files_only_when_asked(tmp_path, caps
     assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
     assert json.loads((out / "meta.json").read_text())["counts"] == {"train": 9, "val": 4}
     assert len(open_dataset(out, "train")) == 9 and len(open_dataset(out, "val")) == 4  # val shards, not carved
+
+
+def test_feed_rejects_impossible_loader_settings():
+    with pytest.raises(ValueError, match="--workers must be at least 0 and --prefetch at least 1"):
+        BatchFeed(None, "cpu", num_workers=-1)

@@ -130,6 +130,8 @@ class BatchFeed:
 
     def __init__(self, dataset, device: torch.device, num_workers: int = 4, prefetch: int = 4,
                  pin_memory: bool | None = None):
+        if num_workers < 0 or prefetch < 1:
+            raise ValueError(f"--workers must be at least 0 and --prefetch at least 1, got {num_workers} and {prefetch}")
         self.dataset, self.device = dataset, torch.device(device)
         self.num_workers, self.prefetch = num_workers, prefetch
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
