@@ -16,9 +16,9 @@ from PIL import Image
 from . import sources
 from .dataset import ImageDataset
 from .folder import ImageFolder
-from .formats import Arrays, Source, array_source
+from .formats import Arrays, Source, array_source, idx_source
 from .images import center_crop_arr
-from .shards import TarShards, is_shard_dir
+from .shards import TarShards, is_shard_dir, shard_files
 from .sources import PRESETS, SPLITS
 from .streaming import StreamingDataset, carve
 
@@ -64,7 +64,6 @@ def _open_streaming(path: Path, split: str, image_size, channels, val_size, seed
 
 
 def _has_part(path: Path, name: str, shards: bool) -> bool:
-    from .shards import shard_files
     return bool(shard_files(path, name)) if shards else (path / name).is_dir()
 
 
@@ -92,7 +91,7 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "train", *, data_
     """
     _check_arguments(name_or_path, split, channels, num_crops)
     if name_or_path == "fashion_mnist":
-        source = sources.idx_source(sources.fashion_dir(data_dir), "fashion_mnist", sources.FASHION_CLASSES)
+        source = idx_source(sources.fashion_dir(data_dir), "fashion_mnist", sources.FASHION_CLASSES)
     elif name_or_path == "mnist5k":
         source = sources.mnist5k_source()
     elif name_or_path == "digits":

@@ -18,7 +18,6 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .formats import Arrays, Source, has_idx, idx_source
+from .formats import Arrays, Source, has_idx
 
 SPLITS = ("train", "val", "test", "train_full")
 PRESETS = ("fashion_mnist", "mnist5k", "digits", "photos")
