@@ -176,10 +176,10 @@ def test_in_memory_flips_follow_the_plan():
 
 # --- bad data -----------------------------------------------------------------------------------------------
 
-def feed_everything(data, workers=2):
+def feed_everything(data, workers=2, log_path=None):
     """Every image of one epoch through real worker processes; returns the feed."""
     plan = BatchPlan(len(data), 4)
-    feed = BatchFeed(data, "cpu", num_workers=workers, prefetch=2)
+    feed = BatchFeed(data, "cpu", num_workers=workers, prefetch=2, log_path=log_path)
     for step in range(plan.steps_per_epoch):
         feed.get(plan, step, 0)
     return feed
@@ -196,8 +196,12 @@ def test_corrupt_jpeg_in_a_worker_is_one_clear_error_or_a_named_skip(tmp_path):
     assert ("001.jpg" in message or "002.jpg" in message) and "--skip-bad" in message
     assert "Traceback" not in message and "DataLoader worker" not in message
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        feed = feed_everything(open_dataset(root, "train_full", image_size=16, skip_bad=True))
+        feed = feed_everything(open_dataset(root, "train_full", image_size=16, skip_bad=True),
+                               log_path=tmp_path / "issues.tsv")
     assert sorted(os.path.basename(p) for p in feed.skipped) == ["001.jpg", "002.jpg"]
+    listed = [line.split("\t") for line in (tmp_path / "issues.tsv").read_text().splitlines()]
+    assert sorted((kind, os.path.basename(where)) for kind, where, _ in listed) == [("skipped", "001.jpg"),
+                                                                                   ("skipped", "002.jpg")]
 
 
 def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):

@@ -4,6 +4,7 @@ A run folder holds::
 
     train_config.json   the TrainConfig and the model config
     metrics.jsonl       one JSON object per logged step (loss, lr, grad norm, images/s, val bpd)
+    data_issues.tsv     input files skipped (--skip-bad) or converted to the set's channels, if any
     loss.png            the loss curve (re-drawn at every save)
     samples/            sample grids from the EMA weights
     model/              the EMA model folder (config.json + model.safetensors), loadable with from_pretrained
@@ -31,6 +32,7 @@ from .data import BatchFeed, BatchPlan, ImageSource, take
 from .models import FractalGen
 
 LOG = "metrics.jsonl"
+DATA_LOG = "data_issues.tsv"  # skipped / converted input files, one per line
 
 
 @dataclass
@@ -188,7 +190,8 @@ class Trainer:
         if self.cfg.global_batch is not None:
             from .recipe import grad_accum_for
             self.cfg.grad_accum = grad_accum_for(self.cfg.global_batch, self.cfg.batch_size, self.world)
-        self.feed = BatchFeed(self.train_set, self.device, self.cfg.workers, self.cfg.prefetch)
+        self.feed = BatchFeed(self.train_set, self.device, self.cfg.workers, self.cfg.prefetch,
+                              log_path=self.out / DATA_LOG if self.main else None)
         self.steps_per_epoch = self.batch_plan().steps_per_epoch  # optimizer steps
 
     # ------------------------------------------------------------------ state

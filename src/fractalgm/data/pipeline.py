@@ -8,12 +8,14 @@ image is seen once per epoch, the images of an optimizer step do not depend on h
 ranks and micro-batches, and resuming at step s replays exactly the batches an uninterrupted run
 would have seen. Flips are drawn the same way, per (seed, epoch, position), so they resume exactly too.
 
-`BatchFeed` delivers those batches: in-memory datasets are indexed directly; streaming ones go
+`BatchFeed` delivers those batches (and lists skipped or converted files, in warnings and optionally
+in a file of the run folder): in-memory datasets are indexed directly; streaming ones go
 through a DataLoader with workers, prefetching and (on CUDA) pinned memory, started at the requested
 position and restarted only when the trainer jumps (resume, a changed plan).
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -128,7 +130,7 @@ class BatchFeed:
     """Delivers `plan`'s micro-batches of `dataset` on `device`; reports skipped and converted files."""
 
     def __init__(self, dataset, device: torch.device, num_workers: int = 4, prefetch: int = 4,
-                 pin_memory: bool | None = None):
+                 pin_memory: bool | None = None, log_path: str | os.PathLike | None = None):
         if num_workers < 0 or prefetch < 1:
             raise ValueError(f"--workers must be at least 0 and --prefetch at least 1, got {num_workers} and {prefetch}")
         self.dataset, self.device = dataset, torch.device(device)
@@ -136,6 +138,7 @@ class BatchFeed:
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.skipped: dict[str, str] = {}  # file → reason
         self.converted: dict[str, str] = {}
+        self.log_path = log_path  # where skips and conversions are also listed (the run folder), or None
         self._iter, self._next, self._plan = None, None, None
 
     def get(self, plan: BatchPlan, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,6 +179,9 @@ class BatchFeed:
             if where not in book:
                 book[where] = detail
                 fresh.append(f"{where} ({detail})")
+                if self.log_path is not None:
+                    with open(self.log_path, "a") as f:
+                        f.write(f"{kind}\t{where}\t{detail}\n")
         if fresh_skips:
             warnings.warn(f"skipped {len(fresh_skips)} unreadable file(s), {len(self.skipped)} so far: "
                           f"{'; '.join(fresh_skips)}", stacklevel=3)
