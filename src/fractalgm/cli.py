@@ -425,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", help="the matching preset (inferred from the keys when omitted)")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     c.set_defaults(fn=cmd_convert)
+    from .serve.command import add_parser as add_serve_parser
+    add_serve_parser(sub)
     return p
 
 
