@@ -36,6 +36,8 @@ def open_upload(data: bytes, what: str, limits: Limits) -> Image.Image:
         raise UploadError(f"the {what} is {len(data):,} bytes; the limit is {limits.max_upload_bytes:,}", 413)
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as e:  # PIL's own bound, far above ours
+        raise UploadError(f"the {what} declares too many pixels ({e})", 413) from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UploadError(f"the {what} is not a PNG or JPEG image ({e})", 415) from e
     if img.format not in FORMATS:
