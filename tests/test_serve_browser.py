@@ -164,7 +164,7 @@ def test_page_loads_offline(browser, server, shots):
 
 def test_generation_streams_frames_before_the_end(browser, server, shots):
     page = open_page(browser, server)
-    fill(page, {**HEAVY, "#seed": "3"})
+    fill(page, {"#num-images": "6", "#seeds": "2", "#seed": "3"})
     page.select_option("#label", "7")
     page.fill("#cfg", "1.5")
     page.click("#generate")
@@ -186,7 +186,7 @@ def test_generation_streams_frames_before_the_end(browser, server, shots):
     assert png.status == 200 and png.body()[:8] == b"\x89PNG\r\n\x1a\n"
     assert gif.status == 200 and gif.body()[:6] == b"GIF89a"
     result = np.array(Image.open(io.BytesIO(png.body())))
-    assert result.shape == (4 * (16 * 30 + 2), 4 * (2 * 30 + 2))  # 16 rows × 2 seed columns, scale 4
+    assert result.shape == (4 * (6 * 30 + 2), 4 * (2 * 30 + 2))  # 6 rows × 2 seed columns, scale 4
 
 
 def test_draw_a_mask_and_inpaint_keeps_known_pixels(browser, server, shots):
@@ -216,7 +216,7 @@ def test_draw_a_mask_and_inpaint_keeps_known_pixels(browser, server, shots):
     page.mouse.move(*at(24, 10), steps=24)
     page.mouse.up()
     page.select_option("#label", "3")  # class editing: complete the ankle boot as a dress
-    fill(page, {"#num-images": "4", "#seeds": "2"})
+    fill(page, {"#num-images": "4", "#seeds": "2", "#steps-0": "16", "#steps-1": "8"})
     page.screenshot(path=shots / "serve_mask.png")
     page.click("#inpaint")
     end = wait_end(page)
@@ -263,7 +263,7 @@ def test_an_invalid_upload_shows_an_error(browser, server, shots):
 def test_two_concurrent_sessions_each_get_their_own_stream(browser, server):
     pages = [open_page(browser, server) for _ in range(2)]
     for seed, page in enumerate(pages):
-        fill(page, {"#num-images": "6", "#seed": str(10 + seed)})
+        fill(page, {"#num-images": "4", "#seed": str(10 + seed), "#steps-0": "16", "#steps-1": "8"})
     for page in pages:
         page.click("#generate")
     ends = [wait_end(page) for page in pages]
