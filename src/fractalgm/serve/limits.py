@@ -33,11 +33,11 @@ class Limits:
     max_seconds: float = 300.0
     queue_size: int = 8
     workers: int = 1
-    keep_jobs: int = 32
+    keep_jobs: int = 16
     keep_seconds: float = 900.0
     nll_passes: int = 2
     frames_per_second: float = 30.0
-    max_frame_bytes: int = 32 * 1024 * 1024
+    max_frame_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self):
         for name, value in vars(self).items():
