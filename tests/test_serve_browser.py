@@ -97,6 +97,7 @@ def server(tmp_path_factory):
             except OSError:
                 assert proc.poll() is None, (folder.parent / "server.log").read_text()
                 time.sleep(0.1)
+        assert f"open {base}/" in (folder.parent / "server.log").read_text()  # it prints the URL
         yield base
     finally:
         proc.terminate()
