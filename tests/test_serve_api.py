@@ -87,6 +87,7 @@ def test_page_assets_and_openapi(client):
     # offline: nothing the page loads comes from another host
     for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    assert client.get("/docs").status_code == 404  # FastAPI's /docs page loads its scripts from a CDN
     spec = client.get("/openapi.json").json()
     for path in ("/api/models", "/api/generate", "/api/inpaint", "/api/jobs/{job_id}/events",
                  "/api/jobs/{job_id}/result.png", "/api/jobs/{job_id}/animation.gif"):
@@ -303,3 +304,22 @@ def test_serve_refuses_a_public_host_without_the_flag(capsys):
 
     with pytest.raises(SystemExit, match="--allow-remote"):
         main(["serve", "--host", "0.0.0.0", "--port", "8123"])
+
+
+def test_a_model_of_another_shape_has_no_picker_but_takes_uploads(tmp_path):
+    from conftest import build, tiny_config
+
+    folder = tmp_path / "rgb8"
+    build(tiny_config(("mar", "mar"), channels=3)).save_pretrained(folder)  # 8×8 RGB, 10 classes
+    with TestClient(create_app([str(folder)], Limits(), device="cpu")) as c:
+        (m,) = c.get("/api/models").json()["models"]
+        assert m["name"] == "rgb8" and m["testset"] is None and m["class_names"][:2] == ["0", "1"]
+        r = c.get("/api/models/rgb8/testset")
+        assert r.status_code == 404 and "upload an image instead" in r.json()["detail"]
+        picture = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+        r = c.post("/api/inpaint", data={"params": json.dumps({"model": "rgb8", "source": "upload",
+                                                                "preset": "half_right", "num_images": 2})},
+                   files={"image": ("p.png", png(picture))})
+        assert r.status_code == 202, r.text
+        name, data = events(c, r.json())[-1]
+        assert name == "done" and data["result"]["known_unchanged"] and data["result"]["known_pixels"] == 8 * 4 * 3

@@ -111,7 +111,9 @@ def create_app(models: list[str] | ModelRegistry | None = None, limits: Limits |
         yield
         await asyncio.to_thread(queue.close)
 
-    app = FastAPI(title="fractalgm serve", version=__version__, lifespan=lifespan, description=(
+    # no /docs or /redoc: FastAPI's pages load their scripts from a CDN, and this app stays offline
+    app = FastAPI(title="fractalgm serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=(
         "Generate, inpaint and edit images with fractal generative models and watch the recursion live. "
         "POST /api/generate or /api/inpaint queues a job (202; 503 when the queue is full: retry), "
         "GET /api/jobs/{id}/events streams its frames as server-sent events."))

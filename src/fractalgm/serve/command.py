@@ -61,6 +61,6 @@ def run(args):
     app = create_app(args.model, limits, device=resolve_device(args.device), testset=args.testset or None)
     names = ", ".join(app.state.registry.names)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"fractalgm serve: models {names}; open http://{shown}:{args.port}/ (API: /docs, /openapi.json)",
+    print(f"fractalgm serve: models {names}; open http://{shown}:{args.port}/ (HTTP API: /openapi.json)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -14,9 +14,6 @@ import torch
 from ..checkpoint import list_pretrained, resolve_pretrained
 from ..models import FractalGen
 
-FASHION_SHAPE = (1, 28)  # (channels, image size) of Fashion-MNIST, the default test-set picker
-
-
 class UnknownModel(KeyError):
     def __init__(self, name, available):
         super().__init__(name)
@@ -38,7 +35,6 @@ class ModelEntry:
     _test_images: torch.Tensor | None = None
     _test_labels: torch.Tensor | None = None
     _class_names: list[str] | None = None
-    _loaded_testset: bool = False
 
     @property
     def config(self):
@@ -50,23 +46,21 @@ class ModelEntry:
                  "default_steps": d} for lv, d in zip(self.config.levels, defaults)]
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The test split (uint8 images, labels), loaded on first use; None when the model has no picker."""
-        if self.testset is None:
-            return None
+        """The test split (uint8 images, labels), loaded on first use; None when the model has no picker
+        (no test set given, or one whose images do not have the model's shape)."""
         with self.lock:
-            if not self._loaded_testset:
+            if self.testset is not None and self._test_images is None:
                 from ..data import load_dataset
 
                 data = load_dataset(self.testset, "test")
                 cfg = self.config
                 if tuple(data.images.shape[1:]) != (cfg.channels, cfg.image_size, cfg.image_size):
-                    raise ValueError(f"test set {self.testset!r} has images {tuple(data.images.shape[1:])}, "
-                                     f"the model {self.name!r} makes {(cfg.channels, cfg.image_size, cfg.image_size)}")
+                    self.testset = None  # uploads only; remembered, so it is not loaded again
+                    return None
                 self._test_images, self._test_labels = data.images, data.labels
                 if data.class_names and len(data.class_names) == cfg.num_classes:
                     self._class_names = list(data.class_names)
-                self._loaded_testset = True
-        return self._test_images, self._test_labels
+        return None if self.testset is None else (self._test_images, self._test_labels)
 
     def class_names(self) -> list[str]:
         try:
@@ -110,11 +104,7 @@ class ModelRegistry:
             if name in self.entries:
                 continue
             model = FractalGen.from_pretrained(str(folder), device=device).eval()
-            cfg = model.config
-            picker = testset if testset and (cfg.channels, cfg.image_size) == FASHION_SHAPE else None
-            if testset and testset != "fashion_mnist":
-                picker = testset
-            self.entries[name] = ModelEntry(name, folder, model, picker)
+            self.entries[name] = ModelEntry(name, folder, model, testset)
         if not self.entries:
             raise ValueError("no model to serve: pass --model NAME_OR_FOLDER")
 
