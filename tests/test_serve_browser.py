@@ -309,3 +309,12 @@ def test_closing_the_tab_cancels_its_job(browser, server):
     page = open_page(browser, server)
     page.click("#generate")
     assert wait_end(page)["type"] == "done"
+
+
+@pytest.mark.parametrize("ci, outcome, code", [("true", "1 error", 1), ("", "1 skipped", 0)])
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(ci, outcome, code):
+    env = {**os.environ, "CI": ci, "FRACTALGM_CHROMIUM": "/nonexistent/chromium", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__,
+                          "-k", "page_loads_offline"], capture_output=True, text=True, env=env, timeout=300)
+    assert outcome in run.stdout and run.returncode == code, run.stdout
+    assert "no chromium at /nonexistent/chromium" in run.stdout

@@ -63,4 +63,5 @@ def run(args):
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"fractalgm serve: models {names}; open http://{shown}:{args.port}/ (HTTP API: /openapi.json)",
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # open event streams must not hold a shutdown (Ctrl-C) for ever
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
