@@ -112,6 +112,8 @@ async function showResult(job) {
   $("download-png").href = `/api/jobs/${job.id}/result.png?scale=4`;
   $("download-gif").href = `/api/jobs/${job.id}/animation.gif`;
   $("known").textContent = "";
+  $("input-figure").hidden = !state.inputs;
+  if (state.inputs) $("input-preview").src = `/api/jobs/${job.id}/input.png`;
   $("result").hidden = false;
   if (state.inputs) $("known").textContent = await checkKnown(job);
 }
