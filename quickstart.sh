@@ -9,6 +9,6 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 [ -d .venv ] || python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[test]"
+.venv/bin/pip install -q -e ".[test,serve,serve-test]"
 .venv/bin/fractalgm sample --labels all --per-label 8 --cfg 1.5 --out samples.png
 .venv/bin/fractalgm nll --split test --limit 1000
