@@ -97,7 +97,7 @@ def test_failed_save_keeps_previous_state(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken)
     t.train_step()
-    with pytest.raises(SaveError, match="disk full.*step 2\), intact"):
+    with pytest.raises(SaveError, match=r"disk full.*step 2\), intact"):
         t.save()
     monkeypatch.undo()
     after = torch.load(tmp_path / "train_state.pt", weights_only=True)

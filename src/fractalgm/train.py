@@ -127,6 +127,7 @@ class Trainer(Checkpointing):
     val_set: ImageDataset | None = None
     progress_bar: bool = True
     overwrite: bool = False  # start over in a folder that holds a run (else: refuse, unless resumed)
+    run_options: dict = field(default_factory=dict)  # the CLI's other options, saved for --resume
 
     def __post_init__(self):
         self.cfg.require_budget()
@@ -335,9 +336,8 @@ class Trainer(Checkpointing):
             f.write(json.dumps(record) + "\n")
 
     def _write_run_config(self):
-        extra = getattr(self, "run_options", {})
         text = json.dumps({"train": self.cfg.to_dict(), "world_size": self.world,
-                           "model": self.model.config.to_dict(), "run": extra}, indent=2)
+                           "model": self.model.config.to_dict(), "run": self.run_options}, indent=2)
         atomic_write(self.out / "train_config.json", lambda tmp: tmp.write_text(text))
 
     def _plot(self):

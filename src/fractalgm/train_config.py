@@ -24,7 +24,7 @@ def _knob(default, check, help: str):
 @dataclass
 class TrainConfig:
     batch_size: int = _knob(64, POSITIVE_INT, "images per micro-batch on each process")
-    lr: float | None = _knob(None, POSITIVE, "absolute peak learning rate (default: blr · effective batch / 256)")
+    lr: float | None = _knob(None, POSITIVE, "absolute peak learning rate; none means blr · effective batch / 256")
     blr: float = _knob(3e-3, POSITIVE, "base LR, lr = blr · batch · accum · processes / 256 (3e-3 suits small "
                        "CPU runs; the reference's ImageNet recipe is 5e-5 at batch 2048)")
     min_lr: float = _knob(0.0, NON_NEGATIVE, "learning rate at the end of the cosine decay")
