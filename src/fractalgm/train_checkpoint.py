@@ -115,9 +115,15 @@ class Checkpointing:
         try:
             atomic_write(self.out / STATE_NAME, lambda tmp: torch.save(state, tmp))
             self.saved_step = self.step
-            self.export_model()
-        except OSError as e:
-            raise SaveError(f"could not save step {self.step} into {self.out}: {e.strerror or e}. "
+            try:
+                self.export_model()
+            except Exception as e:  # noqa: BLE001 - safetensors has its own error types for failed writes
+                raise OSError(getattr(e, "errno", None), f"the model folder could not be written ({e}); "
+                              f"{STATE_NAME} holds step {self.step} and a resume re-exports it") from e
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+            if not isinstance(e, OSError) and not _is_write_failure(e):
+                raise
+            raise SaveError(f"could not save step {self.step} into {self.out}: {_write_failure(e, self.out)}. "
                             f"{_sentence(self.last_good())}, intact. Free disk space (or raise the "
                             f"file-size limit) and continue with `fractalgm train --out {self.out} --resume`") from e
 
@@ -192,6 +198,33 @@ class Checkpointing:
         states = [None] * self.world
         dist.all_gather_object(states, state)
         return states
+
+
+def _is_write_failure(e: RuntimeError) -> bool:
+    text = str(e)
+    return any(m in text for m in ("inline_container", "unexpected pos", "failed writing", "PytorchStreamWriter"))
+
+
+def _write_failure(e: BaseException, folder: Path) -> str:
+    """What went wrong in words: the OS error, or (torch hides it) the disk's free space and file-size limit."""
+    import shutil
+
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    facts = []
+    try:
+        facts.append(f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free on its disk")
+    except OSError:
+        pass
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            facts.append(f"a file-size limit of {limit / 1e6:.2f} MB (ulimit -f)")
+    except (ImportError, OSError, ValueError):
+        pass
+    return "the file could not be written (disk full or file-size limit: " + ", ".join(facts) + ")"
 
 
 def _sentence(text: str) -> str:
