@@ -51,7 +51,10 @@ def _check_sampling(args, model):
     if args.animate:
         from .animate import check_path
 
-        check_path(args.animate)
+        try:
+            check_path(args.animate)
+        except ValueError as e:
+            raise ValueError(f"--animate {args.animate}: {e}") from None
         check_output_file(args.animate, "--animate")
 
 
@@ -173,9 +176,12 @@ def _mask(args, size: int) -> torch.Tensor:
             raise ValueError(f"--box {','.join(map(str, args.box))}: {e}") from None
     if args.half:
         return masks.half(size, args.half)
-    if args.outpaint is not None:
-        return masks.outpaint(size, args.outpaint)
-    return masks.uncrop(size, args.uncrop)
+    flag, value, make = ("--outpaint", args.outpaint, masks.outpaint) if args.outpaint is not None else \
+        ("--uncrop", args.uncrop, masks.uncrop)
+    try:
+        return make(size, value)
+    except ValueError as e:
+        raise ValueError(f"{flag} {value}: {e} for the model's {size}×{size} images") from None
 
 
 def _read_image(path: str, channels: int, size: int) -> torch.Tensor:

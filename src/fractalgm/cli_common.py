@@ -35,6 +35,9 @@ def image_suffixes() -> set[str]:
 
 def _probe_folder(folder: Path, arg: str):
     """Create `folder` if needed and prove a file can be written there (permissions, read-only disks)."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{arg}: cannot write into {folder}: {blocker} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".fractalgm-probe-{uuid.uuid4().hex[:8]}"
@@ -54,8 +57,8 @@ def check_output_file(path: str | os.PathLike, arg: str, suffixes: set[str] | tu
     if suffixes is not None and path.suffix.lower() not in suffixes:
         shown = ", ".join(s for s in (".png", ".jpg", ".gif", ".webp", ".json") if s in suffixes) or \
             ", ".join(sorted(suffixes))
-        raise ValueError(f"{arg} {path}: {'no file extension' if not path.suffix else repr(path.suffix)} is not "
-                         f"a {kind} type that can be written; use one of {shown}")
+        what = "has no file extension" if not path.suffix else f"{path.suffix!r} is not a {kind} type we can write"
+        raise ValueError(f"{arg} {path}: {what}; use one of {shown} (e.g. {path.with_suffix('.png' if kind == 'image' else '.json')})")
     _probe_folder(path.parent if str(path.parent) else Path("."), arg)
     return path
 

@@ -22,15 +22,18 @@ class Number:
     low_open: bool = False
     high_open: bool = False
 
+    def _show(self, bound) -> str:
+        return str(int(bound)) if self.kind is int else f"{bound:g}"
+
     def describe(self) -> str:
         what = "an integer" if self.kind is int else "a finite number"
         if self.low is not None and self.high is not None:
             lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{what} in {lo}{self.low:g}, {self.high:g}{hi}"
+            return f"{what} in {lo}{self._show(self.low)}, {self._show(self.high)}{hi}"
         if self.low is not None:
-            return f"{what} {'>' if self.low_open else '≥'} {self.low:g}"
+            return f"{what} {'>' if self.low_open else '≥'} {self._show(self.low)}"
         if self.high is not None:
-            return f"{what} {'<' if self.high_open else '≤'} {self.high:g}"
+            return f"{what} {'<' if self.high_open else '≤'} {self._show(self.high)}"
         return what
 
     def ok(self, value) -> bool:
