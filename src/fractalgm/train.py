@@ -415,6 +415,8 @@ class Trainer(Checkpointing):
             if stop or stopped:
                 break
         bar.close()
+        if self.last_save_step != self.step:  # a time budget ran out inside an iteration's eval or save
+            self.save()
         if stopped:
             return {**last, "stopped": stopped, "message": describe_signal_exit(self.out, self.step, stopped)}
         if stop_after is None and c.final_eval and self.main and self.val_set is not None:

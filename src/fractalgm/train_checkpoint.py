@@ -49,7 +49,8 @@ class EMAExport:
 class Checkpointing:
     """The save/resume half of `Trainer` (uses its model, ema, opt, scaler, step, out, …)."""
 
-    saved_step: int | None = None  # the step of the train_state.pt on disk, when known
+    saved_step: int | None = None  # the step of the train_state.pt on disk, when known (main rank)
+    last_save_step: int | None = None  # the step of the last save this process took part in
 
     # ------------------------------------------------------------------ health
     def _rng_kept(self):
@@ -110,6 +111,7 @@ class Checkpointing:
             raise NonFiniteLoss(f"not saving step {self.step}: {problem or 'another rank diverged'}; "
                                 f"{self.last_good()} — resume from it with a lower --lr or --amp none")
         state = self.state_dict()  # collective under torchrun: every rank takes part
+        self.last_save_step = self.step  # on every rank, so all agree whether a final save is due
         if not self.main:
             return
         try:
@@ -157,7 +159,7 @@ class Checkpointing:
         # the budget comes from the current config: the same budget resumes exactly, a larger one extends
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.reserve = state.get("reserve", 0.0)
-        self.saved_step = self.step
+        self.saved_step = self.last_save_step = self.step
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         torch.set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
         if state["cuda_rng"] and torch.cuda.is_available():
