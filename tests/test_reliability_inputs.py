@@ -60,3 +60,27 @@ def test_every_option_has_help_and_a_default_and_presets_are_listed():
 
 def _in_required_group(parser, action):
     return any(action in g._group_actions and g.required for g in parser._mutually_exclusive_groups)
+
+
+def test_wrong_sizes_and_empty_masks_are_said(tmp_path, capsys):
+    """A mask or image of another size is resized, and the output says so; a mask keeping nothing too."""
+    import numpy as np
+    from PIL import Image
+
+    from fractalgm.cli import main
+
+    mask = np.zeros((56, 56), np.uint8)
+    mask[28:] = 255  # generate the bottom half
+    Image.fromarray(mask).save(tmp_path / "mask56.png")
+    Image.fromarray(np.full((40, 30), 200, np.uint8)).save(tmp_path / "photo.png")
+    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(tmp_path / "white.png")
+    common = ["inpaint", "--preset", "tiny_fmnist", "--num-samples", "1", "--num-iter", "1", "--scale", "1"]
+    main(common + ["--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask56.png"),
+                   "--out", str(tmp_path / "a.png")])
+    err = capsys.readouterr().err
+    assert "--mask" in err and "56×56; resized to the model's 28×28" in err
+    assert "--image" in err and "30×40; centre-cropped and resized" in err
+    main(common + ["--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "white.png"),
+                   "--out", str(tmp_path / "b.png")])
+    assert "keeps no pixel" in capsys.readouterr().err
+    assert (tmp_path / "a.png").exists() and (tmp_path / "b.png").exists()
