@@ -119,8 +119,14 @@ def test_sample_flags_fail_at_once_naming_the_flag(pairs, capsys):
 @given(batch=st.integers(1, 12), accum=st.integers(1, 2), warmup=st.floats(0, 0.9), steps=st.integers(1, 2),
        ema=st.floats(0, 0.9999), seed=st.integers(0, 2**32))
 def test_valid_train_flags_really_train(batch, accum, warmup, steps, ema, seed, capsys):
-    pytest.importorskip("fractalgm.data").load_dataset("fashion_mnist", "test")
     import torch
+
+    from fractalgm.data import load_dataset
+
+    try:
+        load_dataset("fashion_mnist", "test")
+    except Exception:  # noqa: BLE001 - any loader failure means the data is not installed
+        pytest.skip("Fashion-MNIST not installed")
 
     out = Path(tempfile.mkdtemp(prefix="fuzz-run-"))
     try:

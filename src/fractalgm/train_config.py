@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from .validate import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Choice, Number,
+from .validate import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Choice, Number,
                        NumberList, device_problem)
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
