@@ -21,7 +21,7 @@ torch.manual_seed(0)
 model = FractalGen(deterministic_config())
 data = open_dataset(folder, "train_full", image_size=28, channels=1)
 cfg = TrainConfig(steps=1, batch_size=4, lr=1e-3, grad_clip=1e9, amp="none", device="cpu", workers=1,
-                  prefetch=2, flip=True)
+                  prefetch=2, flip="on")
 trainer = Trainer(model, data, out, cfg, progress_bar=False)
 trainer.total_steps = 1
 trainer.opt.zero_grad = lambda set_to_none=True: None

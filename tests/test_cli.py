@@ -79,7 +79,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
 
 
 def test_help_of_every_command():
-    for cmd in ("train", "sample", "nll", "info", "convert"):
+    for cmd in ("train", "sample", "inpaint", "nll", "info", "convert"):
         r = subprocess.run([sys.executable, "-m", "fractalgm", cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage" in r.stdout
 

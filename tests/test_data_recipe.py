@@ -5,15 +5,18 @@ import torch
 from fractalgm import FractalGen, get_preset
 from fractalgm.cli import build_parser
 from fractalgm.data import ImageDataset
-from fractalgm.data.cli_args import apply_recipe, train_data_settings
+from fractalgm.cli_train import resolve_options
 from fractalgm.recipe import grad_accum_for, world_change
 from fractalgm.train import TrainConfig, Trainer, lr_at
 
 
 def parse(*argv):
-    args = build_parser().parse_args(["train", "--out", "unused", *argv])
-    apply_recipe(args)
-    return args
+    """The resolved options of `fractalgm train`, as one namespace: TrainConfig fields and run options."""
+    import argparse
+    from dataclasses import asdict
+
+    tcfg, run, _ = resolve_options(build_parser().parse_args(["train", "--out", "unused", *argv]))
+    return argparse.Namespace(**asdict(tcfg), **run)
 
 
 def test_recipes_match_the_reference_readme():
@@ -26,8 +29,6 @@ def test_recipes_match_the_reference_readme():
     assert parse("--recipe", "in64", "--preset", "fractalar_in64").val_passes == 1  # AR NLL is exact: one pass
     explicit = parse("--recipe", "in64", "--blr", "1e-4", "--steps", "10", "--preset", "tiny_fmnist")
     assert (explicit.blr, explicit.steps, explicit.epochs, explicit.preset) == (1e-4, 10, None, "tiny_fmnist")
-    settings = train_data_settings(a)
-    assert settings["global_batch"] == 2048 and settings["val_passes"] == 10
 
 
 def test_global_batch_sets_accumulation_lr_and_epoch_schedule(tmp_path):

@@ -31,7 +31,7 @@ import pickle
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +50,7 @@ _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "ema")
 _PREFIXES = ("module.", "_orig_mod.")
 
 __all__ = [
-    "CheckpointError", "LoadReport", "save_pretrained", "load_pretrained", "list_pretrained",
+    "CheckpointError", "LoadReport", "atomic_write", "save_pretrained", "read_metadata", "load_pretrained", "list_pretrained",
     "resolve_pretrained", "load_reference_state_dict", "load_reference", "infer_preset",
     "convert_reference", "compare_state_dict",
 ]
@@ -82,6 +82,30 @@ def _fsync_dir(path: Path):
         os.close(fd)
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write a file so that readers see the old one or the complete new one, never a torn one.
+
+    `write(tmp)` fills a temporary sibling (same suffix, so writers that infer the format from it
+    work); it is fsynced and renamed over `path`. On any failure (a full disk, a file-size limit, an
+    exception in `write`) the temporary file is removed and the previous `path` is untouched. The one
+    helper for every file we write: training state, logs, plots, sample grids, CLI outputs.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
 def _export_state(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors (floating ones cast to `dtype`), no two sharing storage."""
     out, seen = {}, set()
@@ -104,13 +128,14 @@ def _dtype_name(state: dict[str, torch.Tensor]) -> str:
     return names.pop() if len(names) == 1 else ("mixed" if names else "none")
 
 
-def _write_files(model, directory: Path, dtype: torch.dtype | None, suffix: str = ""):
+def _write_files(model, directory: Path, dtype: torch.dtype | None, suffix: str = "",
+                 extra: Mapping[str, str] | None = None):
     """Write weights then config into `directory` (names + suffix), fsynced."""
     from . import __version__
 
     state = _export_state(model, dtype)
     config_text = model.config.to_json()
-    meta = {"format": "pt", "library": "fractalgm", "fractalgm_version": __version__,
+    meta = {**(extra or {}), "format": "pt", "library": "fractalgm", "fractalgm_version": __version__,
             "dtype": _dtype_name(state), "config": config_text}
     weights, config = directory / (WEIGHTS_NAME + suffix), directory / (CONFIG_NAME + suffix)
     save_file(state, str(weights), metadata=meta)
@@ -122,10 +147,12 @@ def _write_files(model, directory: Path, dtype: torch.dtype | None, suffix: str 
     return weights, config
 
 
-def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                    metadata: Mapping[str, str] | None = None) -> Path:
     """Save `model` (a FractalGen) to `folder` as `config.json` + `model.safetensors`, atomically.
 
     `dtype` (e.g. torch.bfloat16) casts floating tensors for shipping; the loader casts back.
+    `metadata` adds string entries to the weights file's header (the trainer records its step there).
     An existing checkpoint in `folder` is replaced only once the new one is completely on disk.
     Returns the folder path.
     """
@@ -143,7 +170,7 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, dtype: to
         tag = f".tmp-{uuid.uuid4().hex[:8]}"
         weights = config = None
         try:
-            weights, config = _write_files(model, folder, dtype, tag)
+            weights, config = _write_files(model, folder, dtype, tag, metadata)
             os.replace(weights, folder / WEIGHTS_NAME)
             os.replace(config, folder / CONFIG_NAME)
             _fsync_dir(folder)
@@ -157,7 +184,7 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, dtype: to
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        _write_files(model, tmp, dtype)
+        _write_files(model, tmp, dtype, extra=metadata)
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700: give the folder normal permissions
@@ -233,6 +260,26 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return state, meta
 
 
+def read_metadata(folder_or_name: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a checkpoint's weights file (without reading the tensors)."""
+    path = resolve_pretrained(folder_or_name) / WEIGHTS_NAME
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - missing, truncated or not safetensors
+        raise CheckpointError(f"cannot read {path} ({type(e).__name__}: {e})") from e
+
+
+def _check_finite(state: dict[str, torch.Tensor], folder: Path):
+    """NaN or inf weights give NaN likelihoods and garbage samples: refuse them at load."""
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" (first 5 of {len(bad)})" if len(bad) > 5 else ""
+        raise CheckpointError(f"{WEIGHTS_NAME} in {folder} holds non-finite values (NaN or inf) in {len(bad)} "
+                              f"tensor(s){more}: {', '.join(bad[:5])}. The model cannot give valid results; "
+                              "re-save it from a healthy training state")
+
+
 def _read_config(folder: Path) -> FractalConfig:
     path = folder / CONFIG_NAME
     if not path.is_file():
@@ -264,6 +311,7 @@ def load_pretrained(folder_or_name: str | os.PathLike, device: str | torch.devic
         if not same:
             raise CheckpointError(f"{CONFIG_NAME} and {WEIGHTS_NAME} in {folder} come from different saves "
                                   "(an interrupted or concurrent save?); re-save the checkpoint")
+    _check_finite(state, folder)
     model = FractalGen(config)
     report = compare_state_dict(model, state)
     if not report.ok:

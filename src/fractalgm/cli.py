@@ -1,4 +1,8 @@
-"""The `fractalgm` command line: train | sample | inpaint | nll | info | convert."""
+"""The `fractalgm` command line: train | sample | inpaint | nll | info | convert.
+
+Each flag's type checks its range (validate.py), and outputs are checked before the work starts
+(cli_common.py), so a bad input fails at once with a one-line message naming the flag and the value.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,15 +13,50 @@ from pathlib import Path
 
 import torch
 
+from . import cli_train
+from .checkpoint import atomic_write
+from .cli_common import (check_output_file, check_output_folder, check_output_image, save_grid_atomic,
+                         write_text_atomic)
+from .data.cli_args import add_data_args as data_args
+from .validate import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Number, NumberList,
+                       parse_device)
+
 DEFAULT_MODEL = "fmnist-mar"
 
 
-def _labels(text: str | None, num_classes: int):
+def _labels(text: str | None, num_classes: int, arg: str = "--labels"):
     if text is None:
         return None
+    if num_classes == 0:
+        raise ValueError(f"{arg} {text}: this model is unconditional (no classes); omit {arg}")
     if text == "all":
         return list(range(num_classes))
-    return [int(v) for v in text.split(",") if v.strip()]
+    try:
+        labels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        labels = []
+    if not labels or min(labels) < 0 or max(labels) >= num_classes:
+        raise ValueError(f"{arg} must be 'all' or comma-separated class ids in [0, {num_classes}), got {text!r}")
+    return labels
+
+
+def _check_sampling(args, model):
+    """The sampling options against this model, before sampling starts."""
+    levels = len(model.config.levels)
+    if args.num_iter is not None and len(args.num_iter) not in (1, levels):
+        raise ValueError(f"--num-iter needs one value or one per level ({levels}), got "
+                         f"{','.join(map(str, args.num_iter))}")
+    if args.cfg != 1.0 and getattr(args, "labels", getattr(args, "label", None)) in (None, "none"):
+        raise ValueError(f"--cfg {args.cfg:g}: classifier-free guidance needs labels (give --labels / --label, "
+                         "or --cfg 1)")
+    if args.animate:
+        from .animate import check_path
+
+        try:
+            check_path(args.animate)
+        except ValueError as e:
+            raise ValueError(f"--animate {args.animate}: {e}") from None
+        check_output_file(args.animate, "--animate")
 
 
 def _load_model(args):
@@ -33,57 +72,14 @@ def _load_model(args):
     return FractalGen.from_pretrained(args.model, device=device)
 
 
-# ---------------------------------------------------------------------------- train
-def cmd_train(args):
-    from .data import check_images
-    from .data.cli_args import apply_recipe, open_for_model, train_data_settings
-    from .models import FractalGen
-    from .presets import get_preset
-    from .train import TrainConfig, Trainer
-
-    apply_recipe(args)
-    cfg = get_preset(args.preset)
-    train_set = open_for_model(args, "train", cfg.channels, cfg.image_size)
-    val_set = open_for_model(args, "val", cfg.channels, cfg.image_size)
-    overrides = {"num_classes": train_set.num_classes} if cfg.num_classes != train_set.num_classes else {}
-    if args.grad_checkpointing:
-        overrides["grad_checkpointing"] = True
-    if args.r_weight is not None:
-        overrides["r_weight"] = args.r_weight
-    if args.label_drop is not None:
-        overrides["label_drop_prob"] = args.label_drop
-    if args.unconditional:
-        overrides["num_classes"] = 0
-    cfg = cfg.replace(**overrides) if overrides else cfg
-    check_images(train_set, cfg.channels, cfg.image_size)
-    if sum(v is not None for v in (args.steps, args.epochs, args.minutes)) != 1:
-        raise SystemExit("give exactly one budget: --steps, --epochs or --minutes")
-    tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, blr=args.blr, weight_decay=args.weight_decay,
-                       warmup=args.warmup, steps=args.steps, epochs=args.epochs, minutes=args.minutes,
-                       grad_clip=args.grad_clip, grad_accum=args.grad_accum, ema_decay=args.ema_decay,
-                       amp=args.amp, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every,
-                       save_every=args.save_every, val_images=args.val_images, device=args.device,
-                       **train_data_settings(args))
-    torch.manual_seed(args.seed)
-    trainer = Trainer(FractalGen(cfg), train_set, Path(args.out), tcfg, val_set=val_set)
-    if args.resume:
-        trainer.resume()
-        print(f"resumed {args.out} at step {trainer.step}")
-    say = print if trainer.main else (lambda *a, **k: None)
-    n = sum(p.numel() for p in trainer.model.parameters())
-    say(f"training {args.preset} ({n:,} parameters) on {train_set.name} ({len(train_set):,} images) "
-          f"on {trainer.device} × {trainer.world} process(es); run folder {args.out}")
-    last = trainer.fit()
-    say(json.dumps(last))
-    say(f"model folder: {Path(args.out) / 'model'} (load with FractalGen.from_pretrained)")
-
-
 # ---------------------------------------------------------------------------- sample
 def cmd_sample(args):
-    from .viz import save_grid
-
+    check_output_image(args.out)
+    if args.save_each:
+        check_output_folder(args.save_each, "--save-each")
     model = _load_model(args)
     cfg = model.config
+    _check_sampling(args, model)
     labels = _labels(args.labels, cfg.num_classes)
     if labels is not None:
         labels = torch.tensor(labels).repeat_interleave(args.per_label)
@@ -94,14 +90,14 @@ def cmd_sample(args):
                               num_images=None if labels is not None else args.num_images,
                               **options, record=progress).cpu()
     nrow = args.per_label if labels is not None else max(1, int(math.sqrt(len(images))))
-    save_grid(images, args.out, nrow=nrow, by_column=labels is not None, scale=args.scale)
+    save_grid_atomic(images, args.out, nrow=nrow, by_column=labels is not None, scale=args.scale)
     print(f"wrote {len(images)} samples to {args.out}")
     _write_animation(args, recorder, model, nrow=nrow, by_column=labels is not None)
     if args.save_each:
         folder = Path(args.save_each)
         folder.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(images):
-            save_grid(img[None], folder / f"{i:05d}.png", nrow=1, scale=1)
+            save_grid_atomic(img[None], folder / f"{i:05d}.png", nrow=1, scale=1)
         print(f"wrote {len(images)} files to {folder}")
 
 
@@ -131,7 +127,7 @@ class _Progress:
 
 
 def _sampling_options(args, model) -> dict:
-    num_iter = [int(v) for v in args.num_iter.split(",")] if args.num_iter else None
+    num_iter = list(args.num_iter) if args.num_iter else None
     if num_iter is not None and len(num_iter) == 1:
         num_iter = num_iter[0]
     return dict(num_iter=num_iter, cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
@@ -154,8 +150,9 @@ def _write_animation(args, recorder, model, nrow: int, by_column: bool = False):
     from .animate import save_animation
 
     scale = max(1, math.ceil(96 / model.config.image_size))  # each image at least ~96 px on screen
-    info = save_animation(recorder.frames(), args.animate, fps=args.fps, nrow=nrow, by_column=by_column,
-                          scale=scale)
+    info = {}
+    atomic_write(args.animate, lambda tmp: info.update(save_animation(
+        recorder.frames(), tmp, fps=args.fps, nrow=nrow, by_column=by_column, scale=scale)))
     print(f"wrote {args.animate}: {info['frames']} frames at {info['fps']:.0f} fps ({info['seconds']:.1f} s) "
           f"from {len(recorder)} recorded steps")
 
@@ -165,25 +162,36 @@ def _mask(args, size: int) -> torch.Tensor:
     from . import masks
 
     if args.mask:
-        return masks.from_png(args.mask, size, white_is_known=args.mask_white_known)
+        known = masks.from_png(args.mask, size, white_is_known=args.mask_white_known)
+        from PIL import Image
+
+        with Image.open(args.mask) as img:
+            if img.size != (size, size):
+                print(f"note: --mask {args.mask} is {img.size[0]}×{img.size[1]}; resized to the model's "
+                      f"{size}×{size} (nearest neighbour)", file=sys.stderr)
+        return known
     if args.box:
-        parts = [int(v) for v in args.box.split(",")]
-        if len(parts) != 4:
-            raise ValueError(f"--box takes TOP,LEFT,HEIGHT,WIDTH, got {args.box!r}")
-        return masks.box(size, *parts)
+        try:
+            return masks.box(size, *args.box)
+        except ValueError as e:
+            raise ValueError(f"--box {','.join(map(str, args.box))}: {e}") from None
     if args.half:
         return masks.half(size, args.half)
-    if args.outpaint is not None:
-        return masks.outpaint(size, args.outpaint)
-    return masks.uncrop(size, args.uncrop)
+    flag, value, make = ("--outpaint", args.outpaint, masks.outpaint) if args.outpaint is not None else \
+        ("--uncrop", args.uncrop, masks.uncrop)
+    try:
+        return make(size, value)
+    except ValueError as e:
+        raise ValueError(f"{flag} {value}: {e} for the model's {size}×{size} images") from None
 
 
 def cmd_inpaint(args):
     from .animate import paint_unknown
-    from .viz import save_grid
 
+    check_output_image(args.out)
     model = _load_model(args)
     cfg = model.config
+    _check_sampling(args, model)
     S, K = cfg.image_size, args.num_samples
     true_labels = None
     if args.image:
@@ -196,9 +204,10 @@ def cmd_inpaint(args):
 
         data = open_for_model(args, args.split, cfg.channels, S)
         check_images(data, cfg.channels, S)
-        idx = [int(v) for v in args.dataset_index.split(",")]
-        if min(idx) < 0 or max(idx) >= len(data):
-            raise ValueError(f"--dataset-index must be in [0, {len(data)}) for the {args.split} split")
+        idx = list(args.dataset_index)
+        if max(idx) >= len(data):
+            raise ValueError(f"--dataset-index must be in [0, {len(data)}) for the {args.split} split, got "
+                             f"{max(idx)}")
         images, true_labels = torch.stack([data[i][0] for i in idx]), torch.stack([data[i][1] for i in idx])
     B = len(images)
     if args.label in (None, "none"):
@@ -208,18 +217,24 @@ def cmd_inpaint(args):
             raise ValueError("--label data needs --dataset-index")
         labels = true_labels
     else:
-        labels = torch.tensor(_labels(args.label, cfg.num_classes))
+        labels = torch.tensor(_labels(args.label, cfg.num_classes, "--label"))
         labels = labels.expand(B) if labels.numel() == 1 else labels
         if labels.numel() != B:
             raise ValueError(f"--label gives {labels.numel()} labels for {B} images (give one, or one per image)")
-    known = _mask(args, S).expand(B, -1, -1, -1)
+    known = _mask(args, S)
+    if bool(known.all()):
+        raise ValueError("the mask keeps every pixel, so there is nothing to generate; mark the region to "
+                         "generate (white in --mask, or --box/--half/--outpaint/--uncrop)")
+    if not bool(known.any()):
+        print("note: the mask keeps no pixel: every completion is an unconditional sample", file=sys.stderr)
+    known = known.expand(B, -1, -1, -1)
     recorder = _recorder(args)
     out = model.inpaint(images.repeat_interleave(K, 0), known.repeat_interleave(K, 0),
                         None if labels is None else labels.repeat_interleave(K).to(model.device),
                         **_sampling_options(args, model), record=recorder).cpu()
     masked = paint_unknown(images, ~known.expand_as(images))
     strips = torch.cat([images[:, None], masked[:, None], out.view(B, K, *out.shape[1:])], 1)
-    save_grid(strips.flatten(0, 1), args.out, nrow=K + 2, scale=args.scale)
+    save_grid_atomic(strips.flatten(0, 1), args.out, nrow=K + 2, scale=args.scale)
     print(f"wrote {B} strip(s) (original | masked input | {K} completions) to {args.out}")
     _write_animation(args, recorder, model, nrow=K)
 
@@ -231,6 +246,8 @@ def cmd_nll(args):
     from .data import check_images, take
     from .data.cli_args import open_for_model
 
+    if args.json:
+        check_output_file(args.json, "--json")
     model = _load_model(args)
     data = open_for_model(args, args.split, model.config.channels, model.config.image_size)
     check_images(data, model.config.channels, model.config.image_size)
@@ -259,7 +276,7 @@ def cmd_nll(args):
               "conditional": args.conditional, "model": args.preset or args.model}
     print(f"{bpd:.4f} ± {se:.4f} bits/dim over {len(nats)} {args.split} images ({kind})")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_text_atomic(args.json, json.dumps(result, indent=2))
     return result
 
 
@@ -288,76 +305,54 @@ def cmd_convert(args):
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from .presets import list_presets
+
     p = argparse.ArgumentParser(prog="fractalgm", description=(
         "Fractal generative models: AR/MAR transformers nested level by level, generating images pixel "
         "by pixel with exact likelihoods."))
     sub = p.add_subparsers(dest="command", required=True)
+    presets = ", ".join(list_presets())
 
     def model_args(q):
         q.add_argument("--model", default=DEFAULT_MODEL,
                        help=f"model folder or shipped model name (default: {DEFAULT_MODEL})")
-        q.add_argument("--preset", help="use an untrained preset instead of --model (for testing)")
-        q.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+        q.add_argument("--preset", choices=list_presets(), metavar="PRESET", help="use an untrained preset "
+                       f"instead of --model (for testing), one of: {presets} (default: none)")
+        q.add_argument("--device", default="auto", type=parse_device,
+                       help="cpu, cuda, cuda:N, mps or auto (default: auto)")
 
     def sampling_args(q):
-        q.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-        q.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
-        q.add_argument("--temperature", type=float, default=1.0, help="logits are divided by it (<1 sharpens)")
-        q.add_argument("--filter-threshold", type=float, default=1e-4)
-        q.add_argument("--num-iter", help="MAR steps per level, e.g. 49,16 (default: one per token, ≤ 64)")
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--scale", type=int, default=2, help="pixel upscaling of the PNG")
+        q.add_argument("--cfg", type=NON_NEGATIVE.parse, default=1.0,
+                       help="classifier-free guidance scale, ≥ 0; 1 = off (default: 1)")
+        q.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"],
+                       help="guidance over the steps: constant, or rising linearly from 1 (default: constant)")
+        q.add_argument("--temperature", type=POSITIVE.parse, default=1.0,
+                       help="logits are divided by it, > 0; < 1 sharpens (default: 1)")
+        q.add_argument("--filter-threshold", type=FRACTION.parse, default=1e-4, help="under guidance, tokens "
+                       "whose conditional probability is below it are not pushed further; in [0, 1] (default: 1e-4)")
+        q.add_argument("--num-iter", type=NumberList(POSITIVE_INT).parse, metavar="N[,N…]", help="MAR steps per "
+                       "level (one value, or one per level), e.g. 49,16 (default: one per token, ≤ 64)")
+        q.add_argument("--seed", type=SEED.parse, default=0, help="random seed; same seed, same images (default: 0)")
+        q.add_argument("--scale", type=Number(int, 1, 64).parse, default=2,
+                       help="pixel upscaling of the PNG, 1..64 (default: 2)")
         q.add_argument("--animate", metavar="FILE", help="also write the generation process as a .gif "
-                       "(or .mp4 with imageio-ffmpeg): one frame per step of every level")
-        q.add_argument("--fps", type=float, help="animation frame rate (default: ~15 s in all, ≤ 50 fps)")
+                       "(or .mp4 with imageio-ffmpeg): one frame per step of every level (default: none)")
+        q.add_argument("--fps", type=Number(float, 0, 1000, low_open=True).parse,
+                       help="animation frame rate (default: ~15 s in all, ≤ 50 fps)")
 
-    from .data.cli_args import add_data_args as data_args, add_train_data_args
-
-    t = sub.add_parser("train", help="train a preset on a dataset", description=(
-        "Train a model. Writes metrics.jsonl, loss.png, sample grids, an EMA model folder and a "
-        "resumable train_state.pt into --out. Example: fractalgm train --preset fractalmar_fmnist "
-        "--minutes 60 --out runs/fmnist"))
-    t.add_argument("--preset", default="fractalmar_fmnist")
-    data_args(t)
-    t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--epochs", type=float)
-    t.add_argument("--minutes", type=float, help="training-time budget; the LR schedule follows the clock")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, help="absolute learning rate (default: blr·batch/256)")
-    t.add_argument("--blr", type=float, default=3e-3, help="base LR, lr = blr·batch/256 (default 3e-3 for "
-                   "small CPU runs; the reference's ImageNet recipe uses 5e-5 at batch 2048)")
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the run")
-    t.add_argument("--grad-clip", type=float, default=3.0)
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--grad-checkpointing", action="store_true")
-    t.add_argument("--ema-decay", type=float, default=0.999)
-    t.add_argument("--r-weight", type=float, help="training weight of the first generated channel "
-                   "(the reference trains RGB models with 5)")
-    t.add_argument("--label-drop", type=float, help="probability of dropping a label in training, for CFG "
-                   "(default: the preset's, 0.1)")
-    t.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
-    t.add_argument("--unconditional", action="store_true", help="ignore labels (num_classes = 0)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--log-every", type=int, default=20)
-    t.add_argument("--eval-every", type=int, default=500)
-    t.add_argument("--save-every", type=int, default=500)
-    t.add_argument("--val-images", type=int, default=500)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
-    add_train_data_args(t)
-    t.set_defaults(fn=cmd_train)
+    cli_train.add_parser(sub)
 
     s = sub.add_parser("sample", help="write a PNG grid of samples", description=(
         "Sample images. Example: fractalgm sample --labels all --per-label 8 --cfg 2 --out grid.png"))
     model_args(s)
-    s.add_argument("--labels", help="comma-separated class ids, or 'all'; omit for unconditional samples")
-    s.add_argument("--per-label", type=int, default=8, help="samples per label (one column per label)")
-    s.add_argument("--num-images", type=int, default=16, help="unconditional samples when no labels")
+    s.add_argument("--labels", help="comma-separated class ids, or 'all' (default: none, unconditional samples)")
+    s.add_argument("--per-label", type=POSITIVE_INT.parse, default=8,
+                   help="samples per label, one column per label (default: 8)")
+    s.add_argument("--num-images", type=POSITIVE_INT.parse, default=16,
+                   help="unconditional samples when no --labels (default: 16)")
     sampling_args(s)
-    s.add_argument("--out", default="samples.png")
-    s.add_argument("--save-each", help="also write each image to this folder")
+    s.add_argument("--out", default="samples.png", help="the PNG (or other image file) to write (default: samples.png)")
+    s.add_argument("--save-each", help="also write each image to this folder (default: none)")
     s.set_defaults(fn=cmd_sample)
 
     q = sub.add_parser("inpaint", help="complete images from known pixels", description=(
@@ -367,21 +362,29 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(q)
     data_args(q)
     src = q.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", nargs="+", help="image file(s); centre-cropped and resized to the model size")
-    src.add_argument("--dataset-index", help="comma-separated indices into --data/--split")
-    q.add_argument("--split", default="test")
+    src.add_argument("--image", nargs="+", help="image file(s); centre-cropped and resized to the model size "
+                     "(a note says so)")
+    src.add_argument("--dataset-index", type=NumberList(NON_NEGATIVE_INT).parse,
+                     help="comma-separated indices into --data/--split")
+    q.add_argument("--split", default="test", choices=["train", "val", "test", "train_full"],
+                   help="dataset split (default: test)")
     region = q.add_mutually_exclusive_group(required=True)
-    region.add_argument("--mask", help="mask image: white = generate, black = keep (see --mask-white-known)")
-    region.add_argument("--box", help="generate a box: TOP,LEFT,HEIGHT,WIDTH in pixels")
+    region.add_argument("--mask", help="mask image: white = generate, black = keep (see --mask-white-known); "
+                        "resized to the model size (a note says so)")
+    region.add_argument("--box", type=NumberList(NON_NEGATIVE_INT, 4).parse, metavar="TOP,LEFT,HEIGHT,WIDTH",
+                        help="generate a box, in pixels")
     region.add_argument("--half", choices=["left", "right", "top", "bottom"], help="generate this half")
-    region.add_argument("--outpaint", type=int, metavar="BORDER", help="generate a border this many pixels wide")
-    region.add_argument("--uncrop", type=int, metavar="CROP", help="keep only the centred CROP×CROP square")
-    q.add_argument("--mask-white-known", action="store_true", help="in --mask, white marks the pixels to keep")
+    region.add_argument("--outpaint", type=NON_NEGATIVE_INT.parse, metavar="BORDER",
+                        help="generate a border this many pixels wide")
+    region.add_argument("--uncrop", type=NON_NEGATIVE_INT.parse, metavar="CROP",
+                        help="keep only the centred CROP×CROP square")
+    q.add_argument("--mask-white-known", action="store_true",
+                   help="in --mask, white marks the pixels to keep (default: off)")
     q.add_argument("--label", help="class id (all images), one per image, 'data' (the dataset's labels) or "
-                   "omit for unconditional completions; another class than the image's edits it")
-    q.add_argument("--num-samples", type=int, default=4, help="completions per image")
+                   "omit for unconditional completions; another class than the image's edits it (default: none)")
+    q.add_argument("--num-samples", type=POSITIVE_INT.parse, default=4, help="completions per image (default: 4)")
     sampling_args(q)
-    q.add_argument("--out", default="inpaint.png")
+    q.add_argument("--out", default="inpaint.png", help="the image file to write (default: inpaint.png)")
     q.set_defaults(fn=cmd_inpaint)
 
     n = sub.add_parser("nll", help="bits/dim on a dataset split", description=(
@@ -389,29 +392,35 @@ def build_parser() -> argparse.ArgumentParser:
         "estimate (--passes) or, with --exact, the exact value under a fixed order."))
     model_args(n)
     data_args(n)
-    n.add_argument("--split", default="test")
-    n.add_argument("--limit", type=int, help="only the first N images")
-    n.add_argument("--batch-size", type=int, default=100)
-    n.add_argument("--passes", type=int, default=1)
-    n.add_argument("--exact", action="store_true")
-    n.add_argument("--order", default="random", choices=["random", "raster"])
+    n.add_argument("--split", default="test", choices=["train", "val", "test", "train_full"],
+                   help="dataset split (default: test)")
+    n.add_argument("--limit", type=POSITIVE_INT.parse, help="only the first N images, N ≥ 1 (default: all)")
+    n.add_argument("--batch-size", type=POSITIVE_INT.parse, default=100, help="images per batch (default: 100)")
+    n.add_argument("--passes", type=POSITIVE_INT.parse, default=1,
+                   help="random-masking passes per image, MAR models (default: 1)")
+    n.add_argument("--exact", action="store_true", help="exact NLL under a fixed order, MAR models (default: off)")
+    n.add_argument("--order", default="random", choices=["random", "raster"],
+                   help="the fixed order of --exact (default: random)")
     n.add_argument("--conditional", action="store_true", help="class-conditional NLL (default: unconditional)")
-    n.add_argument("--seed", type=int, default=0)
-    n.add_argument("--json", help="also write the result here")
+    n.add_argument("--seed", type=SEED.parse, default=0, help="seed of the masks and orders (default: 0)")
+    n.add_argument("--json", help="also write the result to this file (default: none)")
     n.set_defaults(fn=cmd_nll)
 
     i = sub.add_parser("info", help="per-level table of a preset", description=(
         "Sequence length, patch, width, depth, heads, parameters and training-forward GFLOPs per level."))
-    i.add_argument("--preset")
-    i.add_argument("--list", action="store_true")
+    i.add_argument("--preset", choices=list_presets(), metavar="PRESET",
+                   help=f"the preset to describe, one of: {presets} (default: list them)")
+    i.add_argument("--list", action="store_true", help="list presets and shipped models (default: off)")
     i.set_defaults(fn=cmd_info)
 
     c = sub.add_parser("convert", help="reference .pth → model folder", description=(
         "Convert a checkpoint of the reference implementation (LTH14/fractalgen) into a model folder."))
-    c.add_argument("checkpoint")
-    c.add_argument("--out", required=True)
-    c.add_argument("--preset", help="the matching preset (inferred from the keys when omitted)")
-    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    c.add_argument("checkpoint", help="the reference .pth file")
+    c.add_argument("--out", required=True, help="the model folder to write")
+    c.add_argument("--preset", choices=list_presets(), metavar="PRESET",
+                   help=f"the matching preset, one of: {presets} (default: inferred from the keys)")
+    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="cast the weights (default: keep the stored dtype)")
     c.set_defaults(fn=cmd_convert)
     from .data import prepare_cli
     prepare_cli.add_parser(sub)
@@ -421,9 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    """Parse and run; a bad input or a failed run exits with a one-line `error:` (2: input, 1: run)."""
+    from .train_checkpoint import NonFiniteLoss, SaveError
+
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+        return args.fn(args)
+    except (NonFiniteLoss, SaveError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)

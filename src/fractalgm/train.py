@@ -2,16 +2,19 @@
 
 A run folder holds::
 
-    train_config.json   the TrainConfig and the model config
+    train_config.json   the TrainConfig, the model config and the CLI's other options (for --resume)
     metrics.jsonl       one JSON object per logged step (loss, lr, grad norm, images/s, val bpd)
     data_issues.tsv     input files skipped (--skip-bad) or converted to the set's channels, if any
     loss.png            the loss curve (re-drawn at every save)
     samples/            sample grids from the EMA weights
     model/              the EMA model folder (config.json + model.safetensors), loadable with from_pretrained
     train_state.pt      everything `--resume` needs (weights, EMA, optimizer, step, RNG states)
+    .lock               held by the trainer using the folder (see runfolder.py)
 
-Resuming is exact: the data order is a function of (seed, epoch), RNG states are restored, and the
-schedule is a function of the step, so N steps straight equal N/2 + resume + N/2.
+Resuming is exact: the data order is a function of (seed, epoch), RNG states are restored, saving and
+evaluating draw no random numbers, and the schedule is a function of the step, so N steps straight
+equal N/2 + kill + resume + N/2, bit for bit (train_checkpoint.py has the save/resume rules).
+A `--minutes` budget covers the whole run: periodic and end-of-run evaluation count against it.
 """
 from __future__ import annotations
 
@@ -20,63 +23,25 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import save_pretrained
+from .checkpoint import atomic_write
 from .data import BatchFeed, BatchPlan, ImageSource, take
 from .models import FractalGen
+from .runfolder import LOG_NAME, RunLock
+from .stopsignal import StopOnSignal
+from .train_checkpoint import Checkpointing, NonFiniteLoss, SaveError, describe_signal_exit
+from .train_config import TrainConfig
 
-LOG = "metrics.jsonl"
+LOG = LOG_NAME
 DATA_LOG = "data_issues.tsv"  # skipped / converted input files, one per line
 
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 64
-    lr: float | None = None  # absolute LR; default blr · batch · accum / 256
-    blr: float = 3e-3  # small-batch CPU default; the reference's ImageNet recipe is 5e-5 at batch 2048
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup: float = 0.05  # fraction of the run
-    steps: int | None = None
-    epochs: float | None = None
-    minutes: float | None = None
-    grad_clip: float = 3.0
-    grad_accum: int = 1
-    ema_decay: float = 0.999
-    amp: str = "auto"  # auto | bf16 | fp16 | none
-    seed: int = 0
-    log_every: int = 20
-    eval_every: int = 500
-    save_every: int = 500
-    val_images: int = 500
-    sample_labels: tuple[int, ...] | None = None
-    device: str = "auto"
-    # data feeding and the reference recipe (see data/pipeline.py and recipe.py)
-    workers: int = 4  # DataLoader workers decoding streaming datasets (0: in the main process)
-    prefetch: int = 4  # batches each worker prepares ahead
-    flip: bool | None = None  # random horizontal flips; None: on for natural images, off for digits/clothes
-    global_batch: int | None = None  # if set, grad_accum = global_batch / (batch_size · world)
-    allow_world_change: bool = False  # resume on another number of processes (not bit-identical)
-    val_passes: int = 1  # forward passes averaged per validation NLL (the reference uses 10 for MAR)
-
-    @property
-    def effective_batch(self) -> int:
-        """Images per optimizer step on one process (times the world size under torchrun)."""
-        return self.batch_size * self.grad_accum
-
-    def base_lr(self, world: int = 1) -> float:
-        return self.lr if self.lr is not None else self.blr * self.effective_batch * world / 256
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
+__all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "SaveError", "EMA", "lr_at", "param_groups"]
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -110,8 +75,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def lr_at(progress: float, warmup: float, base: float, minimum: float = 0.0) -> float:
     """Linear warm-up from 0 over the first `warmup` fraction, then half-cosine to `minimum` at 1.
 
-    `progress` is step/total for step budgets and elapsed/budget for `--minutes` (per step, as the
-    reference's per-iteration schedule).
+    The trainer evaluates it at the middle of each step (`(step + 0.5) / total`), so neither the first
+    step (LR 0) nor the last one (LR `minimum`) is wasted.
     """
     if progress < warmup:
         return base * progress / warmup
@@ -146,29 +111,31 @@ def autocast_context(amp: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-def atomic_torch_save(obj, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class _OutOfTime(Exception):
+    """Raised inside sampling when the end-of-run work passes the --minutes deadline or a signal came."""
 
 
 @dataclass
-class Trainer:
+class Trainer(Checkpointing):
     model: FractalGen
     train_set: ImageSource
     out: Path
     cfg: TrainConfig = field(default_factory=TrainConfig)
     val_set: ImageSource | None = None
     progress_bar: bool = True
+    overwrite: bool = False  # start over in a folder that holds a run (else: refuse, unless resumed)
+    run_options: dict = field(default_factory=dict)  # the CLI's other options, saved for --resume
 
     def __post_init__(self):
+        self.cfg.require_budget()
         self.out = Path(self.out)
         self.rank, self.world, local_rank = init_distributed()
         self.main = self.rank == 0  # only the main process logs, evaluates and saves
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.out)
+        self.notes: list[str] = []  # what the folder checks did (printed by the CLI)
+        self.resumed = False
         self.device = resolve_device(self.cfg.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
@@ -186,23 +153,18 @@ class Trainer:
         self.autocast, self.scaler = autocast_context(self.cfg.amp, self.device)
         self.step = 0
         self.total_steps = None  # step budgets
-        self.elapsed = 0.0  # seconds trained so far (time budgets)
+        self.elapsed = 0.0  # seconds of this run so far, evaluation and saves included (time budgets)
+        self.reserve = 0.0  # measured seconds of end-of-run work, kept free at the end of a time budget
+        self.last_batch = None
+        self._last_step_s = 0.0
+        self.stop = StopOnSignal()
+        self._ema_model = None
         if self.cfg.global_batch is not None:
             from .recipe import grad_accum_for
             self.cfg.grad_accum = grad_accum_for(self.cfg.global_batch, self.cfg.batch_size, self.world)
         self.feed = BatchFeed(self.train_set, self.device, self.cfg.workers, self.cfg.prefetch,
                               log_path=self.out / DATA_LOG if self.main else None)
         self.steps_per_epoch = self.batch_plan().steps_per_epoch  # optimizer steps
-
-    # ------------------------------------------------------------------ state
-    def _rng_states(self) -> list[torch.Tensor]:
-        """CPU RNG state of every rank (masks and dropout draw from it), gathered on all ranks."""
-        state = torch.get_rng_state()
-        if self.world == 1:
-            return [state]
-        states = [None] * self.world
-        dist.all_gather_object(states, state)
-        return states
 
     def _agree(self, seconds: float) -> float:
         """The slowest rank's value, so every rank follows the same clock-based schedule."""
@@ -212,46 +174,10 @@ class Trainer:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t)
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.shadow, "opt": self.opt.state_dict(),
-                "step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed,
-                "rng": self._rng_states(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "scaler": self.scaler.state_dict() if self.scaler else {},
-                "data": self.batch_plan().state(),
-                "train_config": json.dumps(asdict(self.cfg))}
-
-    def save(self):
-        state = self.state_dict()  # collective under torchrun: every rank takes part
-        if not self.main:
-            return
-        atomic_torch_save(state, self.out / "train_state.pt")
-        ema_model = FractalGen(self.model.config)
-        self.ema.copy_to(ema_model)
-        save_pretrained(ema_model, self.out / "model")
-
-    def resume(self, path: Path | None = None):
-        path = Path(path or self.out / "train_state.pt")
-        if not path.exists():
-            raise FileNotFoundError(f"no training state at {path}; start without --resume")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.ema.shadow = {k: v.float() for k, v in state["ema"].items()}
-        self.opt.load_state_dict(state["opt"])
-        # the budget comes from the current config: the same budget resumes exactly, a larger one extends
-        self.step, self.elapsed = state["step"], state["elapsed"]
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        torch.set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self._resume_data(state.get("data"))
-
     # ------------------------------------------------------------------ data
     def batch_plan(self) -> BatchPlan:
         c = self.cfg
-        flip = self.train_set.natural if c.flip is None else c.flip
+        flip = self.train_set.natural if c.flip == "auto" else c.flip == "on"
         return BatchPlan(len(self.train_set), c.batch_size, self.world, self.rank, c.grad_accum, c.seed, flip)
 
     def batch(self, step: int, micro: int):
@@ -283,27 +209,41 @@ class Trainer:
             return c.steps
         if c.epochs is not None:
             return max(1, round(c.epochs * self.steps_per_epoch))
-        if c.minutes is not None:
-            return None
-        raise ValueError("give a budget: steps, epochs or minutes")
+        return None
+
+    @property
+    def budget_s(self) -> float:
+        return self.cfg.minutes * 60 if self.cfg.minutes is not None else math.inf
+
+    def _time_progress(self, seconds: float) -> float:
+        # the end of the run keeps `reserve` seconds for its validation and samples (at most half the budget)
+        return seconds / max(self.budget_s - min(self.reserve, self.budget_s / 2), 1e-9)
 
     @property
     def progress(self) -> float:
         if self.total_steps is not None:
             return self.step / self.total_steps
-        return self.elapsed / (self.cfg.minutes * 60)
+        return self._time_progress(self.elapsed)
+
+    def _step_progress(self) -> float:
+        """Where the coming step sits in the schedule: its middle (see `lr_at`)."""
+        if self.total_steps is not None:
+            return (self.step + 0.5) / self.total_steps
+        guess = self._last_step_s / 2 if self._last_step_s else 5e-4 * self.budget_s
+        return self._time_progress(self.elapsed + guess)
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
         c, model = self.cfg, self.model
         model.train()
-        lr = lr_at(self.progress, c.warmup, c.base_lr(self.world), c.min_lr)
+        lr = lr_at(self._step_progress(), c.warmup, c.base_lr(self.world), c.min_lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
         for micro in range(c.grad_accum):
             images, labels = self.batch(self.step, micro)
             labels = labels if model.config.num_classes > 0 else None
+            self.last_batch = (images, labels)
             with self.autocast:
                 loss = self.net(images, labels) / c.grad_accum
             check = loss.detach().clone()
@@ -311,9 +251,8 @@ class Trainer:
                 dist.all_reduce(check)
                 check /= self.world
             if not torch.isfinite(check):
-                raise NonFiniteLoss(
-                    f"non-finite loss ({loss.item()}) at step {self.step}; the last good checkpoint is "
-                    f"{self.out / 'train_state.pt'} — resume from it with a lower --lr or --amp none")
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step}; {self.last_good()} — "
+                                    "resume from it with a lower --lr or --amp none")
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += check.item()
         if self.scaler:
@@ -331,95 +270,191 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def ema_model(self) -> FractalGen:
-        m = FractalGen(self.model.config).to(self.device)
-        self.ema.copy_to(m)
-        return m.eval()
+        """The EMA weights in an eval-mode model (built once, without drawing from the training RNG)."""
+        if self._ema_model is None:
+            with self._rng_kept():
+                self._ema_model = FractalGen(self.model.config).to(self.device)
+        self.ema.copy_to(self._ema_model)
+        return self._ema_model.eval()
 
     @torch.no_grad()
-    def validate(self, model: FractalGen) -> float:
-        """Validation bpd of the EMA weights on a fixed subset with fixed masks (comparable over time)."""
+    def validate(self, model: FractalGen, deadline: float = math.inf, bar=None) -> float | None:
+        """Validation bpd of the EMA weights on a fixed subset with fixed masks (comparable over time).
+
+        None when `deadline` (time.time()) passes or a stop signal arrives before the end."""
         data = self.val_set
         n = min(len(data), self.cfg.val_images)
         gen = torch.Generator(device=self.device).manual_seed(1234)
         total = 0.0
-        for i in range(0, n, 250):
-            x = take(data, i, min(i + 250, n))[0].to(self.device)
-            with self.autocast:
-                total += float(model.nll(x, passes=self.cfg.val_passes, generator=gen).bpd.sum())
+        with self._rng_kept():
+            for i in range(0, n, 250):
+                if time.time() > deadline or self.stop.requested:
+                    return None
+                x = take(data, i, min(i + 250, n))[0].to(self.device)
+                with self.autocast:
+                    total += float(model.nll(x, passes=self.cfg.val_passes, generator=gen).bpd.sum())
+                if bar is not None:
+                    bar.update(len(x))
         return total / n
 
     @torch.no_grad()
-    def write_samples(self, model: FractalGen):
+    def write_samples(self, model: FractalGen, deadline: float = math.inf, bar=None) -> bool:
+        """A sample grid of the EMA weights; False when cut short by `deadline` or a stop signal."""
         from .viz import save_grid
 
+        def watch(level, canvas, unknown):
+            if level == 0:
+                if time.time() > deadline or self.stop.requested:
+                    raise _OutOfTime
+                if bar is not None:
+                    bar.update(1)
+
         cfg = model.config
-        if cfg.num_classes > 0:
-            labels = torch.arange(cfg.num_classes).repeat_interleave(max(1, 40 // cfg.num_classes))[:100]
-            if self.cfg.sample_labels:
-                labels = torch.tensor(self.cfg.sample_labels)
-            imgs = model.sample(labels.to(self.device), generator=torch.Generator(self.device).manual_seed(0))
-        else:
-            imgs = model.sample(num_images=40, generator=torch.Generator(self.device).manual_seed(0))
+        try:
+            with self._rng_kept():
+                if cfg.num_classes > 0:
+                    labels = torch.arange(cfg.num_classes).repeat_interleave(max(1, 40 // cfg.num_classes))[:100]
+                    if self.cfg.sample_labels:
+                        labels = torch.tensor(self.cfg.sample_labels)
+                    imgs = model.sample(labels.to(self.device), generator=torch.Generator(self.device).manual_seed(0),
+                                        record=watch)
+                else:
+                    imgs = model.sample(num_images=40, generator=torch.Generator(self.device).manual_seed(0),
+                                        record=watch)
+        except _OutOfTime:
+            return False
         (self.out / "samples").mkdir(exist_ok=True)
-        save_grid(imgs.cpu(), self.out / "samples" / f"step_{self.step:07d}.png",
-                  nrow=max(1, 40 // max(cfg.num_classes, 1)) if cfg.num_classes else 8, by_column=True)
+        path = self.out / "samples" / f"step_{self.step:07d}.png"
+        nrow = max(1, 40 // max(cfg.num_classes, 1)) if cfg.num_classes else 8
+        atomic_write(path, lambda tmp: save_grid(imgs.cpu(), tmp, nrow=nrow, by_column=True))
+        return True
+
+    def _sample_steps(self, model: FractalGen) -> int:
+        top = model.config.levels[0]
+        return top.seq_len if top.kind == "ar" else min(top.seq_len, model.default_num_iter()[0])
+
+    def evaluate(self, record: dict, deadline: float = math.inf, final: bool = False) -> dict | None:
+        """Validation bpd + a sample grid, logged; returns the logged record (None if cut short)."""
+        from tqdm import tqdm
+
+        t0, model = time.time(), self.ema_model()
+        n = min(len(self.val_set), self.cfg.val_images)
+        with tqdm(total=n + self._sample_steps(model), desc="end of run: validation + samples" if final else
+                  f"step {self.step}: validation + samples", unit="it", leave=False,
+                  disable=not self.progress_bar, dynamic_ncols=True) as bar:
+            val = self.validate(model, deadline, bar)
+            wrote = val is not None and self.write_samples(model, deadline, bar)
+        self.reserve = time.time() - t0
+        if val is None:
+            return None
+        rec = {"step": self.step, "loss": record.get("loss"), "val_bpd": val}
+        if not wrote:
+            rec["samples"] = "skipped: " + ("stop signal" if self.stop.requested else "--minutes budget spent")
+        self.log(rec)
+        return rec
 
     def log(self, record: dict):
         with open(self.out / LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _write_run_config(self):
+        text = json.dumps({"train": self.cfg.to_dict(), "world_size": self.world,
+                           "model": self.model.config.to_dict(), "run": self.run_options}, indent=2)
+        atomic_write(self.out / "train_config.json", lambda tmp: tmp.write_text(text))
+
+    def _plot(self):
+        from .viz import plot_metrics
+
+        if (self.out / LOG).exists():
+            atomic_write(self.out / "loss.png", lambda tmp: plot_metrics(self.out / LOG, tmp))
+
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: int | None = None) -> dict:
-        """Train to the end of the budget (or only up to step `stop_after`, saving state there)."""
-        from .viz import plot_metrics
+        """Train to the end of the budget (or only up to step `stop_after`, saving state there).
+
+        SIGTERM/SIGINT end the run after the current step, with a save; the returned record then has
+        `"stopped": <signal name>`. The end-of-run validation and samples count against a time budget
+        and are skipped when it is spent (or with `final_eval=False`)."""
+        try:
+            self.claim_folder()
+            with self.stop:
+                return self._fit(stop_after)
+        finally:
+            self.feed.close()  # shut the loader's workers down
+            self.lock.release()
+
+    def _fit(self, stop_after: int | None) -> dict:
+        from tqdm import tqdm
 
         c = self.cfg
         if self.step == 0:
             torch.manual_seed(c.seed + self.rank)
         if self.main:
-            (self.out / "train_config.json").write_text(json.dumps(
-                {"train": asdict(c), "world_size": self.world, "model": self.model.config.to_dict()}, indent=2))
+            self._write_run_config()
         if self.total_steps is None:
             self.total_steps = self.plan_steps()
-        from tqdm import tqdm
-
         timed = self.total_steps is None
-        bar = tqdm(total=round(c.minutes * 60) if timed else self.total_steps,
+        self._last_step_s = 0.0
+        bar = tqdm(total=round(self.budget_s) if timed else self.total_steps,
                    initial=round(self.elapsed) if timed else self.step, disable=not (self.progress_bar and self.main),
                    unit="s" if timed else "step", dynamic_ncols=True)
         last = {}
         if self.main and self.val_set is not None and self.step == 0:  # the starting point of the curve
+            t0 = time.time()
             last = {"step": 0, "val_bpd": self.validate(self.ema_model())}
             self.log(last)
+            self.elapsed += time.time() - t0
+            self.reserve = 2 * (time.time() - t0)  # a first guess for validation + samples, measured later
         t_log, imgs_since = time.time(), 0
+        stopped = None
         while self.progress < 1.0:
             t0 = time.time()
             rec = self.train_step()
-            self.elapsed += self._agree(time.time() - t0)
+            self._last_step_s = time.time() - t0
             imgs_since += c.effective_batch * self.world
-            done = self.progress >= 1.0
+            done = self._time_progress(self.elapsed + self._last_step_s) >= 1.0 if timed \
+                else self.step >= self.total_steps
             stop = stop_after is not None and self.step >= stop_after
-            if self.main and (self.step % c.log_every == 0 or done):
+            if not stopped and self._agree_flag(bool(self.stop.requested)):
+                stopped = self.stop.requested or "a signal on another rank"
+            if self.main and (self.step % c.log_every == 0 or done or stopped):
                 now = time.time()
                 rec.update(step=self.step, epoch=self.step * c.effective_batch * self.world / len(self.train_set),
-                           images_per_s=imgs_since / max(now - t_log, 1e-9), elapsed_s=self.elapsed)
+                           images_per_s=imgs_since / max(now - t_log, 1e-9), elapsed_s=self.elapsed + now - t0)
                 t_log, imgs_since = now, 0
                 self.log(rec)
                 last = rec
-            if self.main and self.val_set is not None and (self.step % c.eval_every == 0 or done):
-                model = self.ema_model()
-                val = {"step": self.step, "loss": rec["loss"], "val_bpd": self.validate(model)}
-                self.write_samples(model)
-                self.log(val)
-                bar.write(f"step {self.step}: loss {rec['loss']:.4f}  val bpd {val['val_bpd']:.4f}")
-                last = {**rec, **val}
-            if self.step % c.save_every == 0 or done or stop:
+            if self.main and self.val_set is not None and self.step % c.eval_every == 0 and not (done or stopped):
+                if (val := self.evaluate(rec)) is not None:
+                    bar.write(f"step {self.step}: loss {rec['loss']:.4f}  val bpd {val['val_bpd']:.4f}")
+                    last = {**rec, **val}
+            if self.step % c.save_every == 0 or done or stop or stopped:
                 self.save()
                 if self.main:  # re-drawn with each save, not each log: it re-reads the whole log
-                    plot_metrics(self.out / LOG, self.out / "loss.png")
+                    self._plot()
+            self.elapsed += self._agree(time.time() - t0)  # the whole iteration: step, eval, save
             bar.update(round(self.elapsed) - bar.n if timed else 1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", step=self.step)
-            if stop:
+            if stop or stopped:
                 break
         bar.close()
+        if self.last_save_step != self.step:  # a time budget ran out inside an iteration's eval or save
+            self.save()
+        if stopped:
+            return {**last, "stopped": stopped, "message": describe_signal_exit(self.out, self.step, stopped)}
+        if stop_after is None and c.final_eval and self.main and self.val_set is not None:
+            t_final = time.time()
+            deadline = t_final + (self.budget_s - self.elapsed)
+            val = self.evaluate(last, deadline, final=True)
+            self.elapsed += time.time() - t_final
+            if val is None:
+                why = "stop signal" if self.stop.requested else "--minutes budget spent"
+                self.log({"step": self.step, "final_eval": f"skipped: {why}"})
+                self.notes.append(f"skipped the end-of-run validation and samples ({why}); "
+                                  f"fractalgm nll --model {self.out / 'model'} measures it")
+            else:
+                last = {**last, **val}
+                if "samples" in val:
+                    self.notes.append(f"skipped the end-of-run sample grid ({val['samples'].split(': ')[1]})")
+            self._plot()
         return last

@@ -1,0 +1,32 @@
+"""The kill soak, 3 kills: benchmarks/kill_soak.py interrupts a real training subprocess with SIGKILL."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fractalgm.data import load_dataset
+
+try:
+    load_dataset("fashion_mnist", "test")
+    HAVE_FMNIST = True
+except Exception:  # noqa: BLE001 - any loader failure means the data is not installed
+    HAVE_FMNIST = False
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+def test_three_kills_lose_nothing(tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "kill_soak.py"
+    out = tmp_path / "soak.json"
+    r = subprocess.run([sys.executable, str(script), "--kills", "3", "--steps", "16", "--save-every", "2",
+                        "--max-delay", "0.5", "--startup", "2", "--json", str(out)], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["kills"] >= 1 and result["kills_during_save"] >= (1 if result["kills"] >= 2 else 0)
+    assert result["corrupt_checkpoints"] == 0, result["events"]
+    assert result["leftover_bytes"] == 0
+    d = result["divergence"]
+    assert d["tensors_differing"] == 0 and d["log_identical"] and d["steps"] == [16, 16], d
