@@ -75,7 +75,7 @@ CASES = [
     (["inpaint", "--preset", "tiny_fmnist", "--dataset-index", "99999", "--half", "top", "--out", "{tmp}/s.png"],
      ["--dataset-index", "99999"]),
     (["inpaint", "--preset", "tiny_fmnist", "--image", "{tmp}/a_file", "--half", "top", "--out", "{tmp}/s.png"],
-     ["cannot read the image"]),
+     ["cannot read image"]),
     (N[:-2] + ["--limit", "0"], ["--limit", "'0'"]),
     (N + ["--batch-size", "0"], ["--batch-size", "'0'"]),
     (N + ["--passes", "0"], ["--passes", "'0'"]),

@@ -131,7 +131,7 @@ def test_a_second_signal_exits_at_once_and_the_checkpoint_survives(tmp_path):
     saved = torch.load(run / "train_state.pt", weights_only=True)  # intact, whichever save it is
     assert saved["step"] >= 2
     FractalGen.from_pretrained(run / "model")
-    r = finish(["--out", str(run), "--resume", "--steps", str(saved["step"] + 1)])
+    r = finish(["--out", str(run), "--resume", "--batch-size", "64", "--steps", str(saved["step"] + 1)])
     assert not [p for p in run.iterdir() if ".tmp-" in p.name or ".old-" in p.name], r.stderr
 
 

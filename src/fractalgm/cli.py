@@ -197,7 +197,8 @@ def cmd_inpaint(args):
     if args.image:
         from .data import read_image
 
-        images = torch.stack([read_image(p, cfg.channels, S) for p in args.image])
+        images = torch.stack([read_image(p, cfg.channels, S, say=lambda t: print(f"note: --image {t}", file=sys.stderr))
+                              for p in args.image])
     else:
         from .data import check_images
         from .data.cli_args import open_for_model

@@ -85,7 +85,16 @@ def decode_image(source: bytes | str | os.PathLike, channels: int, image_size: i
     return np.ascontiguousarray(arr), note
 
 
-def read_image(path: str | os.PathLike, channels: int, size: int) -> torch.Tensor:
-    """One image file as a (C, size, size) uint8 tensor, centre-cropped when it has another size."""
+def read_image(path: str | os.PathLike, channels: int, size: int, say=None) -> torch.Tensor:
+    """One image file as a (C, size, size) uint8 tensor, centre-cropped when it has another size;
+    `say(text)` hears about a resize (the CLI prints it, so a user knows the input was changed)."""
     arr, _ = decode_image(path, channels, size)
+    if say is not None:
+        try:
+            with Image.open(path) as img:
+                if img.size != (size, size):
+                    say(f"{path} is {img.size[0]}×{img.size[1]}; centre-cropped and resized to the model's "
+                        f"{size}×{size}")
+        except OSError:
+            pass
     return torch.from_numpy(arr)

@@ -35,8 +35,8 @@ def add_parser(subparsers) -> None:
     q.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes decoding and encoding (default: up to 8)")
     q.add_argument("--skip-bad", action="store_true", help="skip unreadable files (counted and listed) "
-                   "instead of stopping")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   "instead of stopping (default: off)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     q.set_defaults(fn=run)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from ..validate import POSITIVE, POSITIVE_INT, Number, parse_device
+
 LOCAL_HOSTS = ("localhost",)
 
 
@@ -24,18 +26,21 @@ def add_parser(subparsers):
     p.add_argument("--model", action="append", metavar="NAME_OR_FOLDER",
                    help="a shipped model name or a model folder; repeat for several (default: all shipped models)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=Number(int, 0, 65535).parse, default=8000, help="TCP port (default 8000)")
     p.add_argument("--allow-remote", action="store_true",
-                   help="allow a --host other than loopback: anyone who reaches it can use this server")
-    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+                   help="allow a --host other than loopback: anyone who reaches it can use this server "
+                   "(default: off)")
+    p.add_argument("--device", default="auto", type=parse_device, help="cpu, cuda, cuda:N, mps or auto (default: auto)")
     p.add_argument("--testset", default="fashion_mnist",
                    help="dataset of the test-set picker, for models of its image size (default fashion_mnist)")
-    p.add_argument("--queue-size", type=int, default=8, help="jobs that may wait; more get 503 'busy, retry'")
-    p.add_argument("--workers", type=int, default=1, help="jobs that run at the same time")
-    p.add_argument("--max-images", type=int, default=64, help="images per request")
-    p.add_argument("--max-steps", type=int, default=256, help="MAR steps per level")
-    p.add_argument("--max-seconds", type=float, default=300.0, help="running time of one job")
-    p.add_argument("--max-upload-mb", type=float, default=4.0, help="largest upload")
+    p.add_argument("--queue-size", type=POSITIVE_INT.parse, default=8,
+                   help="jobs that may wait; more get 503 'busy, retry' (default 8)")
+    p.add_argument("--workers", type=POSITIVE_INT.parse, default=1, help="jobs that run at the same time (default 1)")
+    p.add_argument("--max-images", type=POSITIVE_INT.parse, default=64, help="images per request (default 64)")
+    p.add_argument("--max-steps", type=POSITIVE_INT.parse, default=256, help="MAR steps per level (default 256)")
+    p.add_argument("--max-seconds", type=POSITIVE.parse, default=300.0,
+                   help="running time of one job (default 300)")
+    p.add_argument("--max-upload-mb", type=POSITIVE.parse, default=4.0, help="largest upload in MB (default 4)")
     p.set_defaults(fn=run)
     return p
 
