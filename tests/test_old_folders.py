@@ -7,6 +7,7 @@ The restructured code must load the folders unchanged and give exactly the same 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,14 @@ def outputs(model: FractalGen, num_iter) -> dict[str, torch.Tensor]:
 
 
 
+def init_fingerprint(config: FractalConfig) -> tuple[list[str], torch.Tensor]:
+    """The state_dict keys of a fresh `FractalGen(config)` under seed 0, and each tensor's float64 sum:
+    the same seed must keep giving the same initial weights."""
+    torch.manual_seed(0)
+    state = FractalGen(config).state_dict()
+    return list(state), torch.stack([v.double().sum() for v in state.values()])
+
+
 def expected(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(OLD / f"{name}_expected.safetensors"), "pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
@@ -91,7 +100,11 @@ def expected(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def test_old_folder_loads_with_the_same_config(name):
     model = FractalGen.from_pretrained(OLD / name)
     assert model.config == CASES[name][0]
-    assert expected(name)[1]["commit"] == "653b0ee"
+    arrays, meta = expected(name)
+    assert meta["commit"] == "653b0ee"
+    keys, sums = init_fingerprint(CASES[name][0])
+    assert keys == json.loads(meta["init_keys"]) == list(model.state_dict())
+    assert torch.equal(sums, arrays["init_fingerprint"])
 
 
 @pytest.mark.filterwarnings("ignore:.*cannot see")  # AR levels / RGB heads: inpaint warns, as it did
@@ -100,6 +113,6 @@ def test_old_folder_reproduces_old_outputs_bit_for_bit(name):
     want, _ = expected(name)
     model = FractalGen.from_pretrained(OLD / name)
     got = outputs(model, tuple(want["num_iter"].tolist()))
-    assert set(got) == set(want) - {"num_iter"}
+    assert set(got) == set(want) - {"num_iter", "init_fingerprint"}
     for key, value in got.items():
         assert value.dtype == want[key].dtype and torch.equal(value, want[key]), key
