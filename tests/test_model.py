@@ -63,7 +63,7 @@ def test_shapes_and_dtypes(name):
     model.train()
     loss = model(images, labels)
     assert loss.shape == () and loss.dtype == torch.float32 and loss.requires_grad and torch.isfinite(loss)
-    terms = model.terms(images, labels, Scoring("train", gen(0)))
+    terms = likelihood.terms(model, images, labels, Scoring("train", gen(0)))
     want_names = {"pixel"} | {f"guiding_pixel_level{i}" for i in range(len(cfg.levels)) if cfg.has_guiding_pixel(i)}
     assert {t.name for t in terms} == want_names
     for t in terms:
@@ -193,7 +193,7 @@ def test_exact_scoring_is_sequential(name):
 
     def pixel_ce(imgs):
         with torch.no_grad():
-            terms = model.terms(imgs, None, Scoring("exact", order="raster"))
+            terms = likelihood.terms(model, imgs, None, Scoring("exact", order="raster"))
         (t,) = [t for t in terms if t.name == "pixel"]
         assert torch.equal(t.owner, torch.arange(2).repeat_interleave(L0 * L1))
         return t.ce.view(2, L0, L1, C)  # image, patch (raster), pixel in patch (raster), gen position
@@ -603,7 +603,7 @@ def test_last_subpixel_conditional_is_normalised(kind):
     images[:, 0, 3, 3] = torch.arange(256, dtype=torch.uint8)  # the last pixel in raster-of-raster order
     with torch.no_grad():
         nats = model.nll(images, exact=True, order="raster").nats
-        terms = model.terms(base, None, Scoring("exact", order="raster"))
+        terms = likelihood.terms(model, base, None, Scoring("exact", order="raster"))
     (t,) = terms
     prefix = t.ce.double().sum() - t.ce[-1].double().sum()  # everything but the last pixel's term
     assert torch.logsumexp(-nats, 0).item() == pytest.approx(-prefix.item(), abs=1e-5)
@@ -619,7 +619,7 @@ def test_random_masking_estimator_is_unbiased():
     batch = images.repeat_interleave(reps, 0)
     for shared in (False, True):
         if shared:  # the reference: one count per call for all rows
-            est = torch.stack([model.score(batch[::reps // 25], None, Scoring("random", gen(s), shared_count=True)).nats
+            est = torch.stack([likelihood.score(model, batch[::reps // 25], None, Scoring("random", gen(s), shared_count=True)).nats
                                for s in range(64)]).view(64, 2, 25).permute(1, 0, 2).reshape(2, -1)
         else:
             res = model.nll(batch, passes=4, generator=gen(0))
@@ -711,13 +711,13 @@ def test_scoring_validation():
     with pytest.raises(ValueError, match="order"):
         Scoring("exact", order="zigzag")
     good = [torch.ones(2, 16, dtype=torch.bool), torch.ones(32, 4, dtype=torch.bool)]
-    assert model.score(images, None, Scoring("fixed", masks=good)).nats.shape == (2,)
+    assert likelihood.score(model, images, None, Scoring("fixed", masks=good)).nats.shape == (2,)
     with pytest.raises(ValueError, match="expected"):
-        model.score(images, None, Scoring("fixed", masks=[torch.ones(3, 16, dtype=torch.bool), good[1]]))
+        likelihood.score(model, images, None, Scoring("fixed", masks=[torch.ones(3, 16, dtype=torch.bool), good[1]]))
     empty = good[0].clone()
     empty[1] = False
     with pytest.raises(ValueError, match="at least one"):
-        model.score(images, None, Scoring("fixed", masks=[empty, good[1]]))
+        likelihood.score(model, images, None, Scoring("fixed", masks=[empty, good[1]]))
 
 
 # ---------------------------------------------------------------------------- state dict I/O

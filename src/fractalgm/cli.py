@@ -21,8 +21,8 @@ def _labels(text: str | None, num_classes: int):
 
 
 def _load_model(args):
-    from .models import FractalGen
-    from .presets import create_model, list_presets
+    from .models import FractalGen, create_model
+    from .presets import list_presets
     from .train import resolve_device
 
     device = resolve_device(args.device)
@@ -288,7 +288,7 @@ def cmd_info(args):
 
 
 def cmd_convert(args):
-    from .checkpoint import convert_reference
+    from .convert import convert_reference
 
     model = convert_reference(args.checkpoint, args.out, preset=args.preset,
                               dtype=getattr(torch, args.dtype) if args.dtype else None)
