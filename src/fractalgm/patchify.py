@@ -47,7 +47,7 @@ def constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device
     """A cached (len(values),) tensor: float32 first, then cast, exactly as a float32 buffer that
     followed `model.to(dtype)` would be (so float64 and bf16 models see the same numbers as before)."""
     with torch.inference_mode(False):  # a cached tensor must stay usable outside inference mode
-        return torch.tensor(values, dtype=torch.float32).to(device=device, dtype=dtype)
+        return torch.tensor(values, dtype=torch.float32, device="cpu").to(device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,10 @@ from typing import Callable, Protocol
 
 import torch
 
-from ..config import CHANNEL_NAMES, FractalConfig, LevelConfig, PixelHeadConfig
+from ..config import CHANNEL_NAMES, IMAGENET_MEAN, IMAGENET_STD, FractalConfig, LevelConfig, PixelHeadConfig
 from ..likelihood import Rows, Term, TokenScoring
 from ..patchify import PixelNorm
 from ..sampling import CanvasView, Known, SamplePlan
-
-DEFAULT_NORM = PixelNorm((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
 
 @dataclass(frozen=True)
 class Conditions:
@@ -92,7 +89,7 @@ class LevelSpec:
         num_conds: how many conditions it reads (1, or up to 5 under a MAR parent).
         child_conds: how many conditions its child reads (1 for the pixel head).
         guide_head: the guiding-pixel head (MAR levels below the top when enabled), or None.
-        pixels: the model's pixel normalisation.
+        pixels: the model's pixel normalisation (default: `FractalConfig`'s for C channels).
         checkpointing: recompute activations in backward (gradient checkpointing).
     """
 
@@ -103,8 +100,14 @@ class LevelSpec:
     num_conds: int = 1
     child_conds: int = 1
     guide_head: HeadSpec | None = None
-    pixels: PixelNorm = DEFAULT_NORM
+    pixels: PixelNorm | None = None
     checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.pixels is None:
+            grey = self.channels == 1
+            object.__setattr__(self, "pixels", PixelNorm((sum(IMAGENET_MEAN) / 3,) if grey else IMAGENET_MEAN,
+                                                         (sum(IMAGENET_STD) / 3,) if grey else IMAGENET_STD))
 
     @property
     def kind(self) -> str:

@@ -25,7 +25,7 @@ from .layers import ViTBlock, init_weights
 
 def channel_weights(first: float, channels: int) -> tuple[float, ...]:
     """Training weights per generated channel: (w, 1, …, 1)/(w + C − 1), the reference's r_weight."""
-    w = torch.ones(channels)
+    w = torch.ones(channels, device="cpu")  # also when the model is built on the meta device
     w[0] = first
     return tuple((w / w.sum()).tolist())  # float32 values, kept exactly
 
