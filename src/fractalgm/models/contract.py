@@ -83,9 +83,9 @@ class LevelSpec:
 
     Args:
         level: the level's own config (sizes, width, depth, heads, kind, dropouts).
+        cond_dim: width of the conditions entering the level.
         index: its depth in the hierarchy (0 = top), for names and per-level scoring masks.
         channels: C of the images.
-        cond_dim: width of the conditions entering the level.
         num_conds: how many conditions it reads (1, or up to 5 under a MAR parent).
         child_conds: how many conditions its child reads (1 for the pixel head).
         guide_head: the guiding-pixel head (MAR levels below the top when enabled), or None.
@@ -94,9 +94,9 @@ class LevelSpec:
     """
 
     level: LevelConfig
+    cond_dim: int
     index: int = 0
     channels: int = 3
-    cond_dim: int = 16
     num_conds: int = 1
     child_conds: int = 1
     guide_head: HeadSpec | None = None
@@ -128,9 +128,9 @@ def resolve_specs(config: FractalConfig) -> tuple[tuple[LevelSpec, ...], HeadSpe
     for i, lv in enumerate(config.levels):
         guide = (HeadSpec(config.guide_head, config.cond_dim(i), names, order, config.guide_r_weight)
                  if config.has_guiding_pixel(i) else None)
-        specs.append(LevelSpec(lv, i, C, config.cond_dim(i), config.cond_tokens(i),
-                               config.cond_tokens(i + 1) if i + 1 < n else 1, guide, pixels,
-                               config.grad_checkpointing))
+        specs.append(LevelSpec(lv, config.cond_dim(i), index=i, channels=C, num_conds=config.cond_tokens(i),
+                               child_conds=config.cond_tokens(i + 1) if i + 1 < n else 1, guide_head=guide,
+                               pixels=pixels, checkpointing=config.grad_checkpointing))
     return tuple(specs), HeadSpec(config.head, config.levels[-1].width, names, order, config.r_weight)
 
 

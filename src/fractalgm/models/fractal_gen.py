@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .. import likelihood, masks
 from ..config import FractalConfig
-from ..likelihood import NLLResult, Rows, Term, TokenScoring
+from ..likelihood import NLLResult, Rows, Term, TokenScoring, TrainingMasks, estimate_nll, score, training_loss
+from ..masks import check_known, warn_if_hidden
 from ..sampling import Known, make_plan, paired, start_canvas
 from .contract import Conditions, resolve_specs
 from .fractal import build_child, build_generator, generate_level, score_level
@@ -61,8 +61,7 @@ class FractalGen(nn.Module):
 
         Labels are dropped to the fake latent with `label_drop_prob` in training mode.
         """
-        return likelihood.training_loss(self._terms(images, labels, scoring or likelihood.TrainingMasks(),
-                                                    drop_labels=self.training))
+        return training_loss(self._terms(images, labels, scoring or TrainingMasks(), drop_labels=self.training))
 
     def nll(self, images: torch.Tensor, labels=None, *, passes: int = 1, exact: bool = False,
             order: str = "random", generator: torch.Generator | None = None,
@@ -74,9 +73,8 @@ class FractalGen(nn.Module):
         per sequence (`order="random"`, drawn with `generator`, or `"raster"`). `scoring` overrides
         all of this with explicit masks (see `fractalgm.likelihood`).
         """
-        return likelihood.estimate_nll(lambda s: likelihood.score(self, images, labels, s), self.config.num_dims,
-                                       self.config.is_exact, passes=passes, exact=exact, order=order,
-                                       generator=generator, scoring=scoring)
+        return estimate_nll(lambda s: score(self, images, labels, s), self.config.num_dims, self.config.is_exact,
+                            passes=passes, exact=exact, order=order, generator=generator, scoring=scoring)
 
     def _terms(self, images: torch.Tensor, labels, scoring: TokenScoring, drop_labels: bool = False) -> list[Term]:
         check_images(self.config, images)
@@ -132,14 +130,14 @@ class FractalGen(nn.Module):
             B = images.size(0)
             images = images.to(self.device)
             labels = check_labels(self.config, labels, self.device, B)
-            mask = masks.check_known(known, images)
+            mask = check_known(known, images)
             if labels is not None:
                 full = mask.flatten(1).all(1)
                 if full.any():
                     raise ValueError(f"image(s) {full.nonzero()[:, 0].tolist()} are entirely known: nothing would "
                                      f"be generated, so their label cannot change them. Mask the region to edit "
                                      f"(e.g. fractalgm.masks.box) or pass labels=None")
-            masks.warn_if_hidden(self.config, mask, stacklevel=4)
+            warn_if_hidden(self.config, mask, stacklevel=4)
             known = Known.of(images, mask)
         else:
             labels = check_labels(self.config, labels, self.device)

@@ -51,13 +51,13 @@ class MARGenerator(nn.Module):
         self.guiding_pixel = guiding_pixel = guide is not None
         self.checkpointing = spec.checkpointing
         D, L = cfg.width, cfg.seq_len
-        self.num_prefix = self.prefix_tokens = spec.num_conds + int(guiding_pixel)
+        self.prefix_tokens = spec.num_conds + int(guiding_pixel)  # [gp?, c_{K−1} … c_0]
         self.patch_emb = nn.Linear(spec.token_dim, D)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
         self.cond_emb = nn.Linear(spec.cond_dim, D)
         if guiding_pixel:
             self.pix_proj = nn.Linear(spec.channels, D)
-        self.pos_embed_learned = nn.Parameter(torch.zeros(1, L + self.num_prefix, D))
+        self.pos_embed_learned = nn.Parameter(torch.zeros(1, L + self.prefix_tokens, D))
         self.patch_emb_ln = nn.LayerNorm(D, eps=1e-6)
         self.blocks = nn.ModuleList(ViTBlock(D, cfg.num_heads, cfg.attn_dropout, cfg.proj_dropout)
                                     for _ in range(cfg.depth))
@@ -110,7 +110,7 @@ class MARGenerator(nn.Module):
         x = torch.cat([torch.stack(prefix, dim=1).to(x.dtype), x], dim=1)
         x = self.patch_emb_ln(x + self.pos_embed_learned)
         x = run_blocks(self.blocks, x, self.checkpointing and self.training)
-        return neighbour_conditions(self.norm(x)[:, self.num_prefix:], self.cfg.grid)
+        return neighbour_conditions(self.norm(x)[:, self.prefix_tokens:], self.cfg.grid)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
