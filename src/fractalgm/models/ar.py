@@ -47,10 +47,11 @@ class ARGenerator(nn.Module):
     def guide(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
         return [], conds
 
-    def predict(self, patches: torch.Tensor, mask, conds: Conditions) -> Conditions:
+    def predict(self, patches: torch.Tensor, mask, conds: Conditions, count: int = 1) -> Conditions:
         """Patches (R, L, C, p, p) → middle conditions (R, L, D): output t has seen cond and tokens < t.
 
-        `mask` is ignored: an AR level never masks, causality hides what comes later.
+        `mask` is ignored: an AR level never masks, causality hides what comes later; an AR level
+        has no neighbour conditions to give (`count`).
         """
         x = torch.cat([self.cond_emb(conds.middle).unsqueeze(1), self.patch_emb(self.embed(patches))], dim=1)
         x = self.patch_emb_ln(x + self.pos_embed_learned)  # (R, L+1, D)

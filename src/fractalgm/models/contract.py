@@ -147,8 +147,10 @@ class Generator(Protocol):
         """Score what the generator predicts for a whole sequence before its tokens (MAR: the guiding
         pixel of images (M, C, S, S)) and add it to the conditions; nothing for AR."""
 
-    def predict(self, patches: torch.Tensor, mask: torch.Tensor | None, conds: Conditions) -> Conditions:
-        """Children's conditions (R, L, D) for patches (R, L, C, p, p); `mask` (R, L) hides tokens (MAR)."""
+    def predict(self, patches: torch.Tensor, mask: torch.Tensor | None, conds: Conditions,
+                count: int = ...) -> Conditions:
+        """Children's conditions (R, L, D) for patches (R, L, C, p, p): the middle one and up to
+        `count` − 1 neighbours; `mask` (R, L) hides tokens (MAR)."""
 
     def sample(self, conds: Conditions, plan: SamplePlan, child: Callable, known: Known | None = None) -> torch.Tensor:
         """(M, L, C, p, p) integer patches; `child(conds, plan, index)` samples those at (rows, positions)."""

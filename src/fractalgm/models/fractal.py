@@ -44,9 +44,9 @@ def score_level(spec: LevelSpec, generator: Generator, child: Level, x: torch.Te
     patches = patchify(x, spec.level.patch_size)  # (M, L, C, p, p)
     pick = scoring.select(spec.index, spec.kind, x.size(0), spec.level.seq_len, x.device)
     patches = patches[pick.source]
-    maps = generator.predict(patches, pick.mask, conds.take(pick.source))
+    maps = generator.predict(patches, pick.mask, conds.take(pick.source), spec.child_conds)
     # (N, C, p, p) in pooled order: row-major over (row, position)
-    sub_conds = maps.first(spec.child_conds).take(pick.score)
+    sub_conds = maps.take(pick.score)
     return terms + child(patches[pick.score], sub_conds, rows.descend(pick), scoring)
 
 

@@ -20,8 +20,13 @@ from .layers import ViTBlock, init_weights, run_blocks
 from .pixel_head import PixelHead
 
 
-def neighbour_conditions(out: torch.Tensor, grid: int) -> Conditions:
-    """(R, L, D) outputs → middle and neighbours (top, right, bottom, left), zero outside the grid."""
+def neighbour_conditions(out: torch.Tensor, grid: int, count: int = 5) -> Conditions:
+    """(R, L, D) outputs → middle and neighbours (top, right, bottom, left), zero outside the grid.
+
+    Only the first `count` are built: a child that reads the middle alone needs no shifted copies.
+    """
+    if count == 1:
+        return Conditions(out)
     R, L, D = out.shape
     m = out.reshape(R, grid, grid, D)
     zr, zc = m.new_zeros(R, 1, grid, D), m.new_zeros(R, grid, 1, D)
@@ -29,7 +34,7 @@ def neighbour_conditions(out: torch.Tensor, grid: int) -> Conditions:
     bottom = torch.cat([m[:, 1:], zr], dim=1)
     right = torch.cat([m[:, :, 1:], zc], dim=2)
     left = torch.cat([zc, m[:, :, :-1]], dim=2)
-    return Conditions(out, tuple(t.reshape(R, L, D) for t in (top, right, bottom, left)))
+    return Conditions(out, tuple(t.reshape(R, L, D) for t in (top, right, bottom, left))[:count - 1])
 
 
 class MARGenerator(nn.Module):
@@ -97,9 +102,10 @@ class MARGenerator(nn.Module):
         return conds.with_guide(paired(g, plan.guided))
 
     # ------------------------------------------------------------------ network
-    def predict(self, patches: torch.Tensor, mask: torch.Tensor, conds: Conditions) -> Conditions:
-        """Patches (R, L, C, p, p), mask (R, L) bool → five condition maps (R, L, D): the middle one
-        and its four grid neighbours. `conds` holds `num_conds` conditions (and the guiding pixel)."""
+    def predict(self, patches: torch.Tensor, mask: torch.Tensor, conds: Conditions, count: int = 5) -> Conditions:
+        """Patches (R, L, C, p, p), mask (R, L) bool → condition maps (R, L, D): the middle one and its
+        four grid neighbours (the first `count`). `conds` holds `num_conds` conditions (and the
+        guiding pixel)."""
         if len(conds.tokens) != self.num_conds:
             raise ValueError(f"this MAR level reads {self.num_conds} conditions, got {len(conds.tokens)}")
         x = self.patch_emb(self.embed(patches))
@@ -110,7 +116,7 @@ class MARGenerator(nn.Module):
         x = torch.cat([torch.stack(prefix, dim=1).to(x.dtype), x], dim=1)
         x = self.patch_emb_ln(x + self.pos_embed_learned)
         x = run_blocks(self.blocks, x, self.checkpointing and self.training)
-        return neighbour_conditions(self.norm(x)[:, self.prefix_tokens:], self.cfg.grid)
+        return neighbour_conditions(self.norm(x)[:, self.prefix_tokens:], self.cfg.grid, count)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -146,9 +152,10 @@ class MARGenerator(nn.Module):
                 # before anything is generated every token is masked: its values are never read
                 patches = canvas[run] if canvas is not None else torch.zeros(M, L, *shape, dtype=torch.long,
                                                                               device=device)
-                maps = self.predict(paired(patches, guided), paired(mask[run], guided), conds.take(halves))
+                maps = self.predict(paired(patches, guided), paired(mask[run], guided), conds.take(halves),
+                                    self.spec.child_conds)
                 index = to_pred.nonzero(as_tuple=True)
-                sub_conds = maps.first(self.spec.child_conds).take(paired(to_pred[run], guided))
+                sub_conds = maps.take(paired(to_pred[run], guided))
                 patches = child(sub_conds, plan.child(schedule.scale(step)).take(index[0]), index)
                 if canvas is None:
                     canvas = patches.new_zeros(M, L, *patches.shape[1:])
