@@ -346,9 +346,9 @@ def test_mar_sampling_conditions_on_revealed_tokens(monkeypatch):
     calls = []
     predict = model.generator.predict
 
-    def recording_predict(tokens, mask, conds):
+    def recording_predict(tokens, mask, conds, *count):
         calls.append((tokens.clone(), mask.clone()))
-        return predict(tokens, mask, conds)
+        return predict(tokens, mask, conds, *count)
 
     monkeypatch.setattr(model.generator, "predict", recording_predict)
     labels = torch.tensor([1, 2])
@@ -377,9 +377,9 @@ def test_sampling_embeds_the_sampled_guiding_pixel(monkeypatch):
         sampled.append(out)
         return out
 
-    def recording_predict(tokens, mask, conds):
+    def recording_predict(tokens, mask, conds, *count):
         seen.append((len(sampled), conds.guide.clone()))
-        return predict(tokens, mask, conds)
+        return predict(tokens, mask, conds, *count)
 
     monkeypatch.setattr(head, "sample", recording_sample)
     monkeypatch.setattr(level.generator, "predict", recording_predict)
