@@ -1,7 +1,9 @@
 """Sampling and training-step time of this tree against another checkout (e.g. the commit before a refactor).
 
 Each measurement runs in a fresh subprocess (one thread), alternating between the two trees, so both
-see the same machine load; the ratio of medians is what to read (new / old: < 1 is faster).
+see the same machine load; the ratio of medians is what to read (new / old: < 1 is faster). Each
+job also reports the number of aten ops it dispatches (independent of the load) and whether both
+trees give the same output (samples / loss) for the same seed.
 
     OMP_NUM_THREADS=1 python benchmarks/refactor_speed.py --old /path/to/old/checkout/src --rounds 3
 """
@@ -31,31 +33,44 @@ JOBS = {
 CHILD = r'''
 import json, sys, time
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 torch.set_num_threads(1)
 from fractalgm import FractalGen, get_preset
+
+
+class CountOps(TorchDispatchMode):  # aten ops dispatched: a load-independent measure of the work
+    n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        CountOps.n += 1
+        return func(*args, **(kwargs or {}))
+
+
 preset, what, opts, repeats = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
 model = FractalGen(get_preset(preset))
-times = []
-for i in range(repeats + 1):  # the first run warms up
-    g = torch.Generator().manual_seed(i)
-    if what == "sample":
-        model.eval()
-        labels = torch.arange(opts.get("n", 8)) % 10
-        t = time.perf_counter()
-        model.sample(labels, cfg=opts["cfg"], num_iter=opts.get("num_iter"), generator=g)
-    else:
-        model.train()
-        x = torch.randint(0, 256, (opts["batch"], 1, 28, 28), generator=g, dtype=torch.uint8)
-        y = torch.randint(0, 10, (opts["batch"],), generator=g)
-        t = time.perf_counter()
-        model(x, y).backward()
+times, out = [], None
+for i in range(repeats + 2):  # the first run warms up, the last counts ops
+    g = torch.Generator().manual_seed(i if i <= repeats else 0)
+    with CountOps() if i > repeats else torch.no_grad() if what == "sample" else torch.enable_grad():
+        if what == "sample":
+            model.eval()
+            labels = torch.arange(opts.get("n", 8)) % 10
+            t = time.perf_counter()
+            out = model.sample(labels, cfg=opts["cfg"], num_iter=opts.get("num_iter"), generator=g)
+        else:
+            model.train()
+            x = torch.randint(0, 256, (opts["batch"], 1, 28, 28), generator=g, dtype=torch.uint8)
+            y = torch.randint(0, 10, (opts["batch"],), generator=g)
+            t = time.perf_counter()
+            out = model(x, y)
+            out.backward()
     times.append(time.perf_counter() - t)
-print(json.dumps(times[1:]))
+print(json.dumps({"times": times[1:-1], "ops": CountOps.n, "checksum": float(out.double().sum())}))
 '''
 
 
-def run(src: str, job, repeats: int) -> list[float]:
+def run(src: str, job, repeats: int) -> dict:
     preset, what, opts = job
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", CHILD, preset, what, json.dumps(opts), str(repeats)], env=env,
@@ -69,18 +84,25 @@ def main():
     ap.add_argument("--new", default=str(HERE.parent / "src"))
     ap.add_argument("--rounds", type=int, default=3, help="alternating subprocess pairs per job")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per subprocess")
+    ap.add_argument("--only", help="run the jobs whose name contains this text")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     results = {}
     for name, job in JOBS.items():
-        old, new = [], []
+        if args.only and args.only not in name:
+            continue
+        old, new, info = [], [], {}
         for r in range(args.rounds):
-            first, second = (old, new) if r % 2 == 0 else (new, old)  # alternate who runs first
-            first += run(args.old if first is old else args.new, job, args.repeats)
-            second += run(args.old if second is old else args.new, job, args.repeats)
+            for which in (("old", "new") if r % 2 == 0 else ("new", "old")):  # alternate who runs first
+                res = run(args.old if which == "old" else args.new, job, args.repeats)
+                (old if which == "old" else new).extend(res["times"])
+                info[which] = res
         o, n = statistics.median(old), statistics.median(new)
-        results[name] = {"old_s": o, "new_s": n, "new_over_old": n / o}
-        print(f"{name:55s} old {o * 1e3:8.1f} ms   new {n * 1e3:8.1f} ms   new/old {n / o:5.3f}", flush=True)
+        results[name] = {"old_s": o, "new_s": n, "new_over_old": n / o, "old_ops": info["old"]["ops"],
+                         "new_ops": info["new"]["ops"], "same_output": info["old"]["checksum"] == info["new"]["checksum"]}
+        print(f"{name:52s} old {o * 1e3:7.1f} ms  new {n * 1e3:7.1f} ms  new/old {n / o:5.3f}  "
+              f"aten ops {info['old']['ops']} → {info['new']['ops']}  same output "
+              f"{results[name]['same_output']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

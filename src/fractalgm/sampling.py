@@ -140,7 +140,9 @@ def guided_logits(logits: torch.Tensor, opts: SamplePlan) -> torch.Tensor:
     raised to at least `c − max(c) + max(u)`, capping the guidance push on tokens the conditional
     model finds very unlikely.
     """
-    logits = logits.float() / opts.temperature
+    logits = logits.float()
+    if opts.temperature != 1.0:  # x / 1 is x exactly: skip the kernel
+        logits = logits / opts.temperature
     if not opts.guided:
         return logits
     c, u = logits.chunk(2)
