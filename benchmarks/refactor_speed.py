@@ -1,9 +1,10 @@
 """Sampling and training-step time of this tree against another checkout (e.g. the commit before a refactor).
 
-Each measurement runs in a fresh subprocess (one thread), alternating between the two trees, so both
-see the same machine load; the ratio of medians is what to read (new / old: < 1 is faster). Each
-job also reports the number of aten ops it dispatches (independent of the load) and whether both
-trees give the same output (samples / loss) for the same seed.
+Each measurement runs in a fresh one-thread subprocess, alternating between the two trees so both see
+the same machine load; times are the process's CPU time, which other load on a shared machine
+disturbs far less than wall-clock time. Read the ratio of medians (new / old: < 1 is faster). Each job
+also reports the aten ops it dispatches (independent of the load) and whether both trees give the
+same output (samples / loss) for the same seed.
 
     OMP_NUM_THREADS=1 python benchmarks/refactor_speed.py --old /path/to/old/checkout/src --rounds 3
 """
@@ -56,16 +57,16 @@ for i in range(repeats + 2):  # the first run warms up, the last counts ops
         if what == "sample":
             model.eval()
             labels = torch.arange(opts.get("n", 8)) % 10
-            t = time.perf_counter()
+            t = time.process_time()
             out = model.sample(labels, cfg=opts["cfg"], num_iter=opts.get("num_iter"), generator=g)
         else:
             model.train()
             x = torch.randint(0, 256, (opts["batch"], 1, 28, 28), generator=g, dtype=torch.uint8)
             y = torch.randint(0, 10, (opts["batch"],), generator=g)
-            t = time.perf_counter()
+            t = time.process_time()
             out = model(x, y)
             out.backward()
-    times.append(time.perf_counter() - t)
+    times.append(time.process_time() - t)
 print(json.dumps({"times": times[1:-1], "ops": CountOps.n, "checksum": float(out.double().sum())}))
 '''
 
