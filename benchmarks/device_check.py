@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from fractalgm import FractalConfig, FractalGen, Scoring, get_preset
+from fractalgm import FractalConfig, FractalGen, Scoring, get_preset, likelihood
 from fractalgm.likelihood import pooled_loss
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden"
@@ -42,8 +42,8 @@ def golden(device) -> float:
                          for lv in case["masks"]["levels"]]
             scoring = Scoring("fixed", masks=masks) if masks else Scoring("random")
             with torch.no_grad():
-                batch = float(pooled_loss(model.terms(images, None, scoring)))
-            per = model.score(images, None, scoring).reference_loss.cpu()
+                batch = float(pooled_loss(likelihood.terms(model, images, None, scoring)))
+            per = likelihood.score(model, images, None, scoring).reference_loss.cpu()
             err = max(abs(batch - case["loss_nats"]),
                       float((per - torch.tensor(case["per_image_bs1_nats"], dtype=torch.float64)).abs().max()))
             worst = max(worst, err)

@@ -120,7 +120,7 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
 
     def bpd(images):
-        return batched(lambda s: model.bpd(images[s], passes=args.nll_passes, generator=gen), N, B)
+        return batched(lambda s: model.nll(images[s], passes=args.nll_passes, generator=gen).bpd, N, B)
 
     def timed(name, fn):
         t = time.time()

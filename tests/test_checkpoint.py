@@ -10,8 +10,8 @@ import torch
 
 from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, get_preset, list_presets
 from fractalgm import checkpoint as ckpt
-from fractalgm.checkpoint import (CheckpointError, convert_reference, infer_preset, list_pretrained,
-                                  load_pretrained, load_reference, load_reference_state_dict, save_pretrained)
+from fractalgm.checkpoint import CheckpointError, list_pretrained, load_pretrained, save_pretrained
+from fractalgm.convert import convert_reference, infer_preset, load_reference, load_reference_state_dict
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 

@@ -190,7 +190,7 @@ def test_paper_parameter_counts(name):
     model = meta_model(get_preset(name))
     assert numel(model) == total
     level, got = model, []
-    while isinstance(level, FractalLevel):
+    while isinstance(level, (FractalGen, FractalLevel)):  # the root is level 0
         g = level.generator
         guide = numel(g.guiding_pixel_loss) if hasattr(g, "guiding_pixel_loss") else 0
         got.append((numel(g.blocks), numel(g) - numel(g.blocks) - guide, guide))

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import GOLDEN
-from fractalgm import FractalConfig, FractalGen, Scoring
+from fractalgm import FractalConfig, FractalGen, Scoring, likelihood
 from fractalgm.likelihood import pooled_loss
 
 NAMES = ("ar_tiny", "mar_tiny", "mar_gp_tiny")
@@ -81,7 +81,7 @@ def test_golden_fixture_files_and_inputs():
         assert images.dtype == torch.uint8 and images.shape == (4, 3, S, S)
         assert labels.tolist() == meta["inputs"]["labels_values"]
         # the normalisation checksum of README §2, with the model's own constants
-        x = ((images.float() / 255 - model.pixel_mean.view(1, 3, 1, 1)) / model.pixel_std.view(1, 3, 1, 1)).double()
+        x = model.spec.pixels.normalize(images, 1, model.fake_latent).double()
         assert x.sum().item() == pytest.approx(meta["inputs"]["normalised_sum_float64"], abs=1e-6)
         assert x.abs().sum().item() == pytest.approx(meta["inputs"]["normalised_abs_sum_float64"], abs=1e-6)
 
@@ -100,7 +100,7 @@ def test_golden_batch_loss_and_components(name, case_id):
     meta, model, images, _, case = get_case(name, case_id)
     masks = case_masks(case)
     with torch.no_grad():
-        terms = model.terms(images, None, scoring_for(masks))
+        terms = likelihood.terms(model, images, None, scoring_for(masks))
         loss = pooled_loss(terms)
     assert loss.dtype == torch.float32
     assert abs(loss.item() - case["loss_nats"]) < F32_TOL
@@ -124,7 +124,7 @@ def test_golden_per_image_values(name, case_id):
     masks = case_masks(case)
     want = torch.tensor(case["per_image_bs1_nats"], dtype=torch.float64)
     # from the batch run, grouped by image
-    scores = model.score(images, None, scoring_for(masks))
+    scores = likelihood.score(model, images, None, scoring_for(masks))
     assert scores.reference_loss.shape == (4,)
     assert (scores.reference_loss - want).abs().max().item() < F32_TOL
     batch_rows = torch.tensor(case["per_image_from_batch_rows_nats"], dtype=torch.float64)
@@ -134,7 +134,7 @@ def test_golden_per_image_values(name, case_id):
         assert abs(scores.components[key].mean().item() - want_c) < F32_TOL
     # batch size 1, each image with its own masks
     for i in range(4):
-        s1 = model.score(images[i:i + 1], None, scoring_for(image_masks(masks, i, 4)))
+        s1 = likelihood.score(model, images[i:i + 1], None, scoring_for(image_masks(masks, i, 4)))
         assert abs(s1.reference_loss.item() - case["per_image_bs1_nats"][i]) < F32_TOL, i
 
 
@@ -143,14 +143,14 @@ def test_golden_labels_ignored_only_when_none(name, case_id):
     """labels=None is the reference's eval forward (fake latent); given labels make it class-conditional."""
     meta, model, images, labels, case = get_case(name, case_id)
     masks = case_masks(case)
-    uncond = model.score(images, None, scoring_for(masks)).reference_loss
+    uncond = likelihood.score(model, images, None, scoring_for(masks)).reference_loss
     assert (uncond - torch.tensor(case["per_image_bs1_nats"], dtype=torch.float64)).abs().max() < F32_TOL
-    cond = model.score(images, labels, scoring_for(masks)).reference_loss
-    other = model.score(images, torch.tensor([9, 8, 7, 6]), scoring_for(masks)).reference_loss
+    cond = likelihood.score(model, images, labels, scoring_for(masks)).reference_loss
+    other = likelihood.score(model, images, torch.tensor([9, 8, 7, 6]), scoring_for(masks)).reference_loss
     assert (cond - uncond).abs().min() > 1e-4
     assert (cond - other).abs().min() > 1e-4
     # the same labels give the same numbers
-    again = model.score(images, labels, scoring_for(masks)).reference_loss
+    again = likelihood.score(model, images, labels, scoring_for(masks)).reference_loss
     assert torch.equal(cond, again)
 
 
@@ -160,7 +160,7 @@ def test_golden_float64(name, case_id):
     masks = case_masks(case)
     m64 = load_golden(name)[1].double()
     with torch.no_grad():
-        loss = pooled_loss(m64.terms(images, None, scoring_for(masks)))
+        loss = pooled_loss(likelihood.terms(m64, images, None, scoring_for(masks)))
     assert loss.dtype == torch.float64
     assert abs(loss.item() - case["float64_reevaluation_nats"]) < F64_TOL
     # and the float32 gap is the reference's own rounding size

@@ -11,9 +11,9 @@ from test_model import perturb, single_level
 from fractalgm import Scoring, masks
 from fractalgm.animate import Recorder
 from fractalgm.config import LevelConfig
-from fractalgm.models import MARGenerator, PixelHead
+from fractalgm.models import Conditions, LevelSpec, MARGenerator, PixelHead
 from fractalgm.models.mar import cosine_schedule
-from fractalgm.sampling import Known, SamplingOptions
+from fractalgm.sampling import Known, SamplePlan
 
 KINDS = [("mar", "mar"), ("ar", "ar"), ("mar", "ar"), ("ar", "mar"), ("mar", "mar", "mar")]
 
@@ -136,7 +136,7 @@ def test_known_channels_are_teacher_forced(monkeypatch):
 def test_mar_order_and_schedule_cover_the_unknown_tokens_only():
     torch.manual_seed(0)
     L, M, cfg = 16, 4, 3.0
-    g = MARGenerator(LevelConfig(4, 1, 8, 1, 2, "mar", 0.0, 0.0), 1, 8, 1).eval()
+    g = MARGenerator(LevelSpec(LevelConfig(4, 1, 8, 1, 2, "mar", 0.0, 0.0), channels=1, cond_dim=8)).eval()
     full = torch.zeros(M, L, dtype=torch.bool)
     full[1, :5] = True  # rows with 16, 11, 16 − 7 and 0 unknown tokens
     full[2, torch.randperm(L, generator=gen(1))[:7]] = True
@@ -147,12 +147,12 @@ def test_mar_order_and_schedule_cover_the_unknown_tokens_only():
 
     def child(sub_conds, opts, index):
         rows, pos = index
-        assert sub_conds[0].size(0) == 2 * rows.numel()  # both CFG halves of the rows being generated
+        assert sub_conds.middle.size(0) == 2 * rows.numel()  # both CFG halves of the rows being generated
         record.append((rows.clone(), pos.clone(), opts.cfg))
         return torch.full((rows.numel(), 1, 1, 1), 7, dtype=torch.long)
 
-    canvas = g.sample([torch.randn(2 * M, 8)], lambda t: t.float().flatten(-3),
-                      SamplingOptions(cfg=cfg, generator=gen(0)), 64, "linear", child, known)
+    canvas = g.sample(Conditions(torch.randn(2 * M, 8)),
+                      SamplePlan(cfg=cfg, generator=gen(0), num_iter=(64,), schedule="linear"), child, known)
     assert torch.equal(canvas[full], values[full]) and (canvas[~full] == 7).all()
     for b in range(M):
         U = int((~full[b]).sum())
@@ -220,8 +220,8 @@ def test_ar_cannot_see_later_known_pixels():
     model = perturb(build(single_level("ar", size=2)), std=0.5)
     images = torch.tensor([40, 200, 90, 10], dtype=torch.uint8).view(1, 1, 2, 2).expand(50, -1, -1, -1)
     known = one_missing(0)
-    assert model.hidden_known(known).tolist() == [True]
-    assert model.hidden_known(one_missing(3)).tolist() == [False]
+    assert masks.hidden_known(model.config, known).tolist() == [True]
+    assert masks.hidden_known(model.config, one_missing(3)).tolist() == [False]
     with pytest.warns(UserWarning, match="cannot see"):
         out = model.inpaint(images, known, generator=gen(3))
     assert torch.equal(out[:, :, 0, 0], model.sample(num_images=50, generator=gen(3))[:, :, 0, 0])
@@ -230,13 +230,13 @@ def test_ar_cannot_see_later_known_pixels():
 def test_hidden_known_per_level_and_channel():
     mar, ar = model_for(("mar", "mar")), model_for(("mar", "ar"))
     top, bottom = masks.half(8, "top"), masks.half(8, "bottom")  # top: the top half is generated
-    assert not mar.hidden_known(top).any() and not mar.hidden_known(bottom).any()
+    assert not masks.hidden_known(mar.config, top).any() and not masks.hidden_known(mar.config, bottom).any()
     # level 1 (AR) runs over 2×2 patches: a box cutting patches leaves known pixels after generated ones
-    assert not ar.hidden_known(bottom).any() and not ar.hidden_known(top).any()
-    assert ar.hidden_known(masks.box(8, 0, 0, 1, 8)).all()
+    assert not masks.hidden_known(ar.config, bottom).any() and not masks.hidden_known(ar.config, top).any()
+    assert masks.hidden_known(ar.config, masks.box(8, 0, 0, 1, 8)).all()
     only_blue = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
     only_blue[:, 2] = True  # blue is generated last ("rgb"): red and green cannot see it
-    assert mar.hidden_known(only_blue).all()
+    assert masks.hidden_known(mar.config, only_blue).all()
     images = random_images(mar.config, 1)
     with pytest.warns(UserWarning, match="channel order 'rgb'"):
         out = mar.inpaint(images, only_blue, generator=gen(0))

@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import build, gen, random_images, tiny_config
-from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, Scoring
-from fractalgm.models import ARGenerator, MARGenerator, PixelHead
+from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, Scoring, likelihood
+from fractalgm.likelihood import truncated_normal_ratio
+from fractalgm.models import ARGenerator, Conditions, LevelSpec, MARGenerator, PixelHead
 from fractalgm.models.layers import KVCache
-from fractalgm.models.mar import truncated_normal_ratio
 from fractalgm.patchify import patchify, unpatchify
-from fractalgm.sampling import SamplingOptions, guided_logits, sample_categorical
+from fractalgm.sampling import SamplePlan, guided_logits, sample_categorical
 
 LN256 = math.log(256)
 
@@ -43,6 +43,12 @@ def num_guides(cfg: FractalConfig) -> int:
     return sum(cfg.has_guiding_pixel(i) for i in range(len(cfg.levels)))
 
 
+def random_patches(g, rows: int, seed: int = 0) -> torch.Tensor:
+    """Random integer patches (rows, L, C, p, p) for generator `g`."""
+    p = g.cfg.patch_size
+    return torch.randint(0, 256, (rows, g.cfg.seq_len, g.spec.channels, p, p), generator=gen(seed))
+
+
 def perturb(model, std=0.3, seed=99):
     """Add N(0, std²) noise to every parameter (as the golden fixtures do) so every input matters."""
     g = gen(seed)
@@ -63,7 +69,7 @@ def test_shapes_and_dtypes(name):
     model.train()
     loss = model(images, labels)
     assert loss.shape == () and loss.dtype == torch.float32 and loss.requires_grad and torch.isfinite(loss)
-    terms = model.terms(images, labels, Scoring("train", gen(0)))
+    terms = likelihood.terms(model, images, labels, Scoring("train", gen(0)))
     want_names = {"pixel"} | {f"guiding_pixel_level{i}" for i in range(len(cfg.levels)) if cfg.has_guiding_pixel(i)}
     assert {t.name for t in terms} == want_names
     for t in terms:
@@ -112,21 +118,21 @@ def test_initial_loss_is_ln256_per_head(name):
 def test_ar_predict_is_causal():
     model = build(config("ar-ar"))
     g = model.generator
-    R, L, T = 3, g.cfg.seq_len, g.patch_emb.in_features
-    tokens, cond = torch.randn(R, L, T), torch.randn(R, g.cond_emb.in_features)
+    R, L = 3, g.cfg.seq_len
+    tokens, cond = random_patches(g, R), torch.randn(R, g.cond_emb.in_features)
     with torch.no_grad():
-        out = g.predict(tokens, None, [cond])[0]
+        out = g.predict(tokens, None, Conditions(cond)).middle
         assert out.shape == (R, L, g.cfg.width)
         for t in range(L):
             changed = tokens.clone()
-            changed[:, t] = torch.randn(R, T)
-            out2 = g.predict(changed, None, [cond])[0]
+            changed[:, t] = (tokens[:, t] + 1 + torch.randint_like(tokens[:, t], 255)) % 256
+            out2 = g.predict(changed, None, Conditions(cond)).middle
             # output t conditions token t: it has seen tokens < t only
             assert torch.allclose(out2[:, : t + 1], out[:, : t + 1], atol=1e-6), t
             if t + 1 < L:
                 assert (out2[:, t + 1:] - out[:, t + 1:]).abs().amax(-1).min() > 1e-4, t
         # the condition (zero RoPE, value only) reaches every position
-        out3 = g.predict(tokens, None, [torch.randn_like(cond)])[0]
+        out3 = g.predict(tokens, None, Conditions(torch.randn_like(cond))).middle
         assert (out3 - out).abs().amax(-1).min() > 1e-4
 
 
@@ -136,25 +142,25 @@ def test_mar_masked_token_values_are_invisible(num_conds, guide):
     model = build(cfg)
     level = model.next_fractal if guide else model  # the guided MAR level is level 1
     g = level.generator
-    R, L, T = 4, g.cfg.seq_len, g.patch_emb.in_features
-    tokens = torch.randn(R, L, T)
+    R, L = 4, g.cfg.seq_len
+    tokens = random_patches(g, R)
     mask = torch.rand(R, L, generator=gen(1)) < 0.5
     mask[:, 0], mask[:, 1] = True, False
-    conds = [torch.randn(R, g.cond_emb.in_features) for _ in range(num_conds)]
-    if guide:
-        conds.append(torch.randn(R, cfg.channels))
+    each = [torch.randn(R, g.cond_emb.in_features) for _ in range(num_conds)]
+    conds = Conditions(each[0], tuple(each[1:]), torch.randn(R, cfg.channels) if guide else None)
+    hidden = mask.view(R, L, 1, 1, 1)
     with torch.no_grad():
         maps = g.predict(tokens, mask, conds)
-        assert len(maps) == 5 and all(m.shape == (R, L, g.cfg.width) for m in maps)
-        changed = torch.where(mask.unsqueeze(-1), torch.randn(R, L, T), tokens)
-        for a, b in zip(maps, g.predict(changed, mask, conds)):
+        assert len(maps.tokens) == 5 and all(m.shape == (R, L, g.cfg.width) for m in maps.tokens)
+        changed = torch.where(hidden, random_patches(g, R, seed=2), tokens)
+        for a, b in zip(maps.tokens, g.predict(changed, mask, conds).tokens):
             assert torch.equal(a, b)
-        visible = torch.where(~mask.unsqueeze(-1), torch.randn(R, L, T), tokens)
-        assert (g.predict(visible, mask, conds)[0] - maps[0]).abs().amax(-1).min() > 1e-4
+        visible = torch.where(~hidden, (tokens + 1 + random_patches(g, R, seed=3) % 255) % 256, tokens)
+        assert (g.predict(visible, mask, conds).middle - maps.middle).abs().amax(-1).min() > 1e-4
         # neighbour maps are shifted copies of the middle one, zero outside the grid
         G = g.cfg.grid
-        mid = maps[0].view(R, G, G, -1)
-        top, right, bottom, left = (m.view(R, G, G, -1) for m in maps[1:])
+        mid = maps.middle.view(R, G, G, -1)
+        top, right, bottom, left = (m.view(R, G, G, -1) for m in maps.neighbours)
         assert torch.equal(top[:, 1:], mid[:, :-1]) and not top[:, 0].any()
         assert torch.equal(bottom[:, :-1], mid[:, 1:]) and not bottom[:, -1].any()
         assert torch.equal(right[:, :, :-1], mid[:, :, 1:]) and not right[:, :, -1].any()
@@ -168,13 +174,13 @@ def test_pixel_head_is_causal_in_generation_order():
         M, C = 64, len(names)
         values, cond = torch.randint(0, 256, (M, C)), torch.randn(M, 8)
         with torch.no_grad():
-            ce = head(values, cond)
+            ce = head.cross_entropy(values, cond)
             assert ce.shape == (M, C)
             for k, ch in enumerate(head.order):
                 assert names[ch] == order[k]
                 changed = values.clone()
                 changed[:, ch] = (values[:, ch] + 1 + torch.randint(0, 255, (M,))) % 256
-                ce2 = head(changed, cond)
+                ce2 = head.cross_entropy(changed, cond)
                 assert torch.equal(ce2[:, :k], ce[:, :k]), (order, k)
                 assert ((ce2[:, k] - ce[:, k]).abs() > 0).all(), (order, k)
                 if k + 1 < C:
@@ -193,7 +199,7 @@ def test_exact_scoring_is_sequential(name):
 
     def pixel_ce(imgs):
         with torch.no_grad():
-            terms = model.terms(imgs, None, Scoring("exact", order="raster"))
+            terms = likelihood.terms(model, imgs, None, Scoring("exact", order="raster"))
         (t,) = [t for t in terms if t.name == "pixel"]
         assert torch.equal(t.owner, torch.arange(2).repeat_interleave(L0 * L1))
         return t.ce.view(2, L0, L1, C)  # image, patch (raster), pixel in patch (raster), gen position
@@ -218,11 +224,11 @@ def test_exact_scoring_is_sequential(name):
 def test_ar_kv_cache_decoding_matches_full_pass():
     model = build(config("ar-ar"))
     g = model.generator
-    R, L, T = 3, g.cfg.seq_len, g.patch_emb.in_features
-    tokens, cond = torch.randn(R, L, T), torch.randn(R, g.cond_emb.in_features)
+    R, L = 3, g.cfg.seq_len
+    tokens, cond = random_patches(g, R), torch.randn(R, g.cond_emb.in_features)
     with torch.no_grad():
-        full = g.predict(tokens, None, [cond])[0]
-        seq = torch.cat([g.cond_emb(cond).unsqueeze(1), g.patch_emb(tokens)], dim=1)  # (R, L+1, D)
+        full = g.predict(tokens, None, Conditions(cond)).middle
+        seq = torch.cat([g.cond_emb(cond).unsqueeze(1), g.patch_emb(g.embed(tokens))], dim=1)  # (R, L+1, D)
 
         def decode(chunks):
             caches = [KVCache(R, g.cfg.num_heads, L + 1, g.cfg.head_dim, "cpu", torch.float32) for _ in g.blocks]
@@ -241,19 +247,19 @@ def test_ar_kv_cache_decoding_matches_full_pass():
         assert (chunked - full).abs().max() < 1e-5
 
 
-def brute_force_sample(level, conds, opts: SamplingOptions, schedule: str) -> torch.Tensor:
+def brute_force_sample(level, conds, opts: SamplePlan, schedule: str) -> torch.Tensor:
     """AR-only hierarchies: every step re-runs the full causal pass on the canvas (no cache)."""
-    g, C = level.generator, level.config.channels
+    g, C = level.generator, level.spec.channels
     L, p = g.cfg.seq_len, g.cfg.patch_size
     M = conds[0].size(0) // 2 if opts.guided else conds[0].size(0)
     canvas = torch.zeros(M, L, C, p, p, dtype=torch.long)
     for s in range(L):
-        tokens = level.embed(canvas)
+        tokens = canvas
         if opts.guided:
             tokens = torch.cat([tokens, tokens])
-        cond = g.predict(tokens, None, conds)[0][:, s]
+        cond = g.predict(tokens, None, Conditions(conds[0])).middle[:, s]
         scale = 1 + (opts.cfg - 1) * (s + 1) / L if schedule == "linear" else opts.cfg
-        step = SamplingOptions(scale, opts.temperature, opts.filter_threshold, opts.generator)
+        step = SamplePlan(scale, opts.temperature, opts.filter_threshold, opts.generator)
         if isinstance(level.next_fractal, PixelHead):
             canvas[:, s] = level.next_fractal.sample(cond, step).view(M, C, 1, 1)
         else:
@@ -267,11 +273,11 @@ def test_ar_sample_equals_brute_force(cfg_scale, schedule):
     model = perturb(build(cfg))
     labels = torch.tensor([1, 4])
     fast = model.sample(labels, cfg=cfg_scale, cfg_schedule=schedule, temperature=0.9, generator=gen(7))
-    cond = model.class_condition(labels, 2)
-    if cfg_scale != 1.0:
-        cond = torch.cat([cond, model.fake_latent.expand(2, -1)])
     with torch.no_grad():
-        slow = brute_force_sample(model, [cond], SamplingOptions(cfg_scale, 0.9, 1e-4, gen(7)), schedule)
+        cond = model.class_emb(labels)
+        if cfg_scale != 1.0:
+            cond = torch.cat([cond, model.fake_latent.expand(2, -1)])
+        slow = brute_force_sample(model, [cond], SamplePlan(cfg_scale, 0.9, 1e-4, gen(7)), schedule)
     assert torch.equal(fast, slow.to(torch.uint8))
 
 
@@ -340,14 +346,14 @@ def test_mar_sampling_conditions_on_revealed_tokens(monkeypatch):
     calls = []
     predict = model.generator.predict
 
-    def recording_predict(tokens, mask, conds):
+    def recording_predict(tokens, mask, conds, *count):
         calls.append((tokens.clone(), mask.clone()))
-        return predict(tokens, mask, conds)
+        return predict(tokens, mask, conds, *count)
 
     monkeypatch.setattr(model.generator, "predict", recording_predict)
     labels = torch.tensor([1, 2])
     images = model.sample(labels, cfg=2.0, num_iter=[5, 4], generator=gen(4))
-    final = model.embed(patchify(images.long(), 2))  # (B, L, T) level-0 tokens of the result
+    final = patchify(images.long(), 2)  # (B, L, C, p, p) level-0 tokens of the result
     final = torch.cat([final, final])  # conditional and unconditional halves see the same canvas
     assert len(calls) == 5
     prev = torch.ones_like(calls[0][1])
@@ -362,19 +368,20 @@ def test_sampling_embeds_the_sampled_guiding_pixel(monkeypatch):
     cfg = tiny_config(("mar", "mar"), guiding_pixel=True)
     model = perturb(build(cfg))
     level = model.next_fractal
+    head = level.generator.guide_head
     sampled, seen = [], []
-    guide_sample, predict = level.guide.sample, level.generator.predict
+    guide_sample, predict = head.sample, level.generator.predict
 
     def recording_sample(cond, opts):
         out = guide_sample(cond, opts)
         sampled.append(out)
         return out
 
-    def recording_predict(tokens, mask, conds):
-        seen.append((len(sampled), conds[-1].clone()))
-        return predict(tokens, mask, conds)
+    def recording_predict(tokens, mask, conds, *count):
+        seen.append((len(sampled), conds.guide.clone()))
+        return predict(tokens, mask, conds, *count)
 
-    monkeypatch.setattr(level.guide, "sample", recording_sample)
+    monkeypatch.setattr(head, "sample", recording_sample)
     monkeypatch.setattr(level.generator, "predict", recording_predict)
     for cfg_scale in (1.0, 2.0):
         sampled.clear(), seen.clear()
@@ -383,7 +390,7 @@ def test_sampling_embeds_the_sampled_guiding_pixel(monkeypatch):
         for n, g in seen:
             values = sampled[n - 1]
             assert values.dtype == torch.long and values.min() >= 0 and values.max() <= 255
-            want = (values.float() / 255 - level.pixel_mean) / level.pixel_std
+            want = (values.float() / 255 - torch.tensor(cfg.pixel_mean)) / torch.tensor(cfg.pixel_std)
             if cfg_scale != 1.0:
                 want = torch.cat([want, want])
             assert torch.allclose(g, want)
@@ -396,9 +403,9 @@ def test_pixel_head_sampling_matches_its_likelihood(order, cfg_scale, temperatur
     torch.manual_seed(0)
     head = perturb(PixelHead(PixelHeadConfig(16, 1, 2), 8, names, order).eval(), std=0.5)
     M, C = 64, len(names)
-    opts = SamplingOptions(cfg_scale, temperature, 1e-3, None)
+    opts = SamplePlan(cfg_scale, temperature, 1e-3, None)
     cond = torch.randn(2 * M if opts.guided else M, 8)
-    fast = head.sample(cond, SamplingOptions(cfg_scale, temperature, 1e-3, gen(5)))
+    fast = head.sample(cond, SamplePlan(cfg_scale, temperature, 1e-3, gen(5)))
     g = gen(5)
     values = torch.zeros(M, C, dtype=torch.long)
     with torch.no_grad():
@@ -406,8 +413,8 @@ def test_pixel_head_sampling_matches_its_likelihood(order, cfg_scale, temperatur
             ctx = torch.cat([values, values]) if opts.guided else values
             cand = ctx.repeat_interleave(256, 0)
             cand[:, ch] = torch.arange(256).repeat(ctx.size(0))
-            logp = -head(cand, cond.repeat_interleave(256, 0))[:, pos].view(-1, 256)
-            step = SamplingOptions(cfg_scale, temperature, 1e-3, g)
+            logp = -head.cross_entropy(cand, cond.repeat_interleave(256, 0))[:, pos].view(-1, 256)
+            step = SamplePlan(cfg_scale, temperature, 1e-3, g)
             values[:, ch] = sample_categorical(guided_logits(logp, step), g)
     assert torch.equal(fast, values)
 
@@ -415,14 +422,19 @@ def test_pixel_head_sampling_matches_its_likelihood(order, cfg_scale, temperatur
 def fake_child(record, C=3, p=1):
     def child(sub_conds, step_opts, index):
         rows, positions = index
-        record.append(dict(n=rows.numel(), conds=sub_conds[0].size(0), cfg=float(step_opts.cfg),
+        record.append(dict(n=rows.numel(), conds=sub_conds.middle.size(0), cfg=float(step_opts.cfg),
                            rows=rows.clone(), positions=positions.clone()))
         return torch.zeros(rows.numel(), C, p, p, dtype=torch.long)
     return child
 
 
-def embed_identity(tokens):
-    return tokens.float().flatten(-3)
+def plan(cfg=1.0, num_iter=64, schedule="constant", seed=0) -> SamplePlan:
+    """A one-level plan for a generator sampled on its own."""
+    return SamplePlan(cfg=cfg, generator=gen(seed), num_iter=(num_iter,), schedule=schedule)
+
+
+def spec(size, kind, token_channels=3, cond_dim=8, width=8) -> LevelSpec:
+    return LevelSpec(LevelConfig(size, 1, width, 1, 2, kind, 0.0, 0.0), channels=token_channels, cond_dim=cond_dim)
 
 
 REFERENCE_SCHEDULE_256_64 = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 2, 2, 3, 3, 3, 3, 3, 3, 4, 3, 4, 4, 4, 4, 4,
@@ -438,11 +450,10 @@ REFERENCE_SCHEDULE_256_64 = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 2, 2, 
 ])
 def test_mar_sampling_schedule(size, num_iter, expected):
     torch.manual_seed(0)
-    g = MARGenerator(LevelConfig(size, 1, 8, 1, 2, "mar", 0.0, 0.0), 3, 8, 1).eval()
+    g = MARGenerator(spec(size, "mar")).eval()
     L, M = size * size, 2
     record = []
-    canvas = g.sample([torch.randn(M, 8)], embed_identity, SamplingOptions(generator=gen(0)), num_iter,
-                      "constant", fake_child(record))
+    canvas = g.sample(Conditions(torch.randn(M, 8)), plan(num_iter=num_iter), fake_child(record))
     assert canvas.shape == (M, L, 3, 1, 1)
     assert [r["n"] // M for r in record] == expected
     assert all(r["n"] == M * e for r, e in zip(record, expected))
@@ -454,11 +465,10 @@ def test_mar_sampling_schedule(size, num_iter, expected):
 
 def test_mar_linear_cfg_schedule():
     torch.manual_seed(0)
-    g = MARGenerator(LevelConfig(16, 1, 8, 1, 2, "mar", 0.0, 0.0), 3, 8, 1).eval()
+    g = MARGenerator(spec(16, "mar")).eval()
     L, M, cfg = 256, 2, 3.0
     record = []
-    g.sample([torch.randn(2 * M, 8)], embed_identity, SamplingOptions(cfg=cfg, generator=gen(0)), 64, "linear",
-             fake_child(record))
+    g.sample(Conditions(torch.randn(2 * M, 8)), plan(cfg, 64, "linear"), fake_child(record))
     counts = [r["n"] // M for r in record]
     assert counts == REFERENCE_SCHEDULE_256_64
     assert all(r["conds"] == 2 * r["n"] for r in record)  # conditional and unconditional halves
@@ -468,18 +478,17 @@ def test_mar_linear_cfg_schedule():
         assert r["cfg"] == pytest.approx(1 + (cfg - 1) * (L - m) / L)
     assert record[-1]["cfg"] < cfg
     record.clear()
-    g.sample([torch.randn(2 * M, 8)], embed_identity, SamplingOptions(cfg=cfg, generator=gen(0)), 64, "constant",
-             fake_child(record))
+    g.sample(Conditions(torch.randn(2 * M, 8)), plan(cfg, 64, "constant"), fake_child(record))
     assert all(r["cfg"] == cfg for r in record)
 
 
 def test_ar_sampling_steps_and_linear_cfg():
     torch.manual_seed(0)
-    g = ARGenerator(LevelConfig(4, 1, 16, 1, 2, "ar", 0.0, 0.0), 3, 8).eval()
+    g = ARGenerator(spec(4, "ar", width=16)).eval()
     L, M, cfg = 16, 2, 5.0
     record = []
-    canvas = g.sample([torch.randn(2 * M, 8)], embed_identity, SamplingOptions(cfg=cfg, generator=gen(0)),
-                      2, "linear", fake_child(record))  # num_iter is ignored: always L steps
+    canvas = g.sample(Conditions(torch.randn(2 * M, 8)), plan(cfg, 2, "linear"),
+                      fake_child(record))  # num_iter is ignored: always L steps
     assert canvas.shape == (M, L, 3, 1, 1)
     assert [r["n"] for r in record] == [M] * L
     assert [r["positions"].tolist() for r in record] == [[s] * M for s in range(L)]
@@ -493,7 +502,7 @@ def test_guided_logits_filter_and_temperature():
     c = torch.tensor([[4.0, 2.0, -10.0, 0.0, -6.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
     u = torch.tensor([[1.0, 3.0, -2.0, 0.5, -30.0], [0.0, 2.0, -1.0, 0.0, 3.0]])
     T, tau, cfg = 0.5, 0.01, 3.0
-    out = guided_logits(torch.cat([c, u]), SamplingOptions(cfg=cfg, temperature=T, filter_threshold=tau))
+    out = guided_logits(torch.cat([c, u]), SamplePlan(cfg=cfg, temperature=T, filter_threshold=tau))
     # spec §6.3 on the temperature-scaled logits, written out element by element
     cs, us = (c / T).tolist(), (u / T).tolist()
     want = []
@@ -519,8 +528,8 @@ def test_guided_logits_filter_and_temperature():
     assert out[0, 4].item() < unfiltered[0, 4].item() - 50
     # temperature divides the logits (T < 1 sharpens); no guidance leaves them otherwise untouched
     x = torch.randn(3, 256)
-    assert torch.allclose(guided_logits(x, SamplingOptions(temperature=2.0)), x / 2)
-    assert torch.equal(guided_logits(x, SamplingOptions()), x)
+    assert torch.allclose(guided_logits(x, SamplePlan(temperature=2.0)), x / 2)
+    assert torch.equal(guided_logits(x, SamplePlan()), x)
 
 
 # ---------------------------------------------------------------------------- exact likelihoods
@@ -554,18 +563,18 @@ def chain_rule_nll(model: FractalGen, images: torch.Tensor, order) -> torch.Tens
     g, head = model.generator, model.next_fractal
     B, L = images.size(0), g.cfg.seq_len
     values = patchify(images.long(), 1).flatten(2)  # (B, L, C)
-    tokens = model.embed(patchify(images.long(), 1))
-    conds = [model.fake_latent.expand(B, -1)] * model.config.cond_tokens(0)
+    tokens = patchify(images.long(), 1)  # (B, L, C, 1, 1)
+    conds = Conditions.repeated(model.fake_latent.expand(B, -1), model.config.cond_tokens(0))
     total = torch.zeros(B, dtype=torch.float64)
     for t, pos in enumerate(order):
         known = torch.zeros(L, dtype=torch.bool)
         known[list(order[:t])] = True
         if isinstance(g, ARGenerator):
             assert list(order) == list(range(L))
-            out = g.predict(tokens * known.view(1, L, 1), None, conds)[0]
+            out = g.predict(tokens * known.view(1, L, 1, 1, 1), None, conds).middle
         else:
-            garbage = torch.where(known.view(1, L, 1), tokens, torch.randn_like(tokens))
-            out = g.predict(garbage, (~known).expand(B, L), conds)[0]
+            garbage = torch.where(known.view(1, L, 1, 1, 1), tokens, torch.randint_like(tokens, 256))
+            out = g.predict(garbage, (~known).expand(B, L), conds).middle
         total += pixel_nll(head, values[:, pos], out[:, pos])
     return total
 
@@ -603,7 +612,7 @@ def test_last_subpixel_conditional_is_normalised(kind):
     images[:, 0, 3, 3] = torch.arange(256, dtype=torch.uint8)  # the last pixel in raster-of-raster order
     with torch.no_grad():
         nats = model.nll(images, exact=True, order="raster").nats
-        terms = model.terms(base, None, Scoring("exact", order="raster"))
+        terms = likelihood.terms(model, base, None, Scoring("exact", order="raster"))
     (t,) = terms
     prefix = t.ce.double().sum() - t.ce[-1].double().sum()  # everything but the last pixel's term
     assert torch.logsumexp(-nats, 0).item() == pytest.approx(-prefix.item(), abs=1e-5)
@@ -619,7 +628,7 @@ def test_random_masking_estimator_is_unbiased():
     batch = images.repeat_interleave(reps, 0)
     for shared in (False, True):
         if shared:  # the reference: one count per call for all rows
-            est = torch.stack([model.score(batch[::reps // 25], None, Scoring("random", gen(s), shared_count=True)).nats
+            est = torch.stack([likelihood.score(model, batch[::reps // 25], None, Scoring("random", gen(s), shared_count=True)).nats
                                for s in range(64)]).view(64, 2, 25).permute(1, 0, 2).reshape(2, -1)
         else:
             res = model.nll(batch, passes=4, generator=gen(0))
@@ -711,13 +720,13 @@ def test_scoring_validation():
     with pytest.raises(ValueError, match="order"):
         Scoring("exact", order="zigzag")
     good = [torch.ones(2, 16, dtype=torch.bool), torch.ones(32, 4, dtype=torch.bool)]
-    assert model.score(images, None, Scoring("fixed", masks=good)).nats.shape == (2,)
+    assert likelihood.score(model, images, None, Scoring("fixed", masks=good)).nats.shape == (2,)
     with pytest.raises(ValueError, match="expected"):
-        model.score(images, None, Scoring("fixed", masks=[torch.ones(3, 16, dtype=torch.bool), good[1]]))
+        likelihood.score(model, images, None, Scoring("fixed", masks=[torch.ones(3, 16, dtype=torch.bool), good[1]]))
     empty = good[0].clone()
     empty[1] = False
     with pytest.raises(ValueError, match="at least one"):
-        model.score(images, None, Scoring("fixed", masks=[empty, good[1]]))
+        likelihood.score(model, images, None, Scoring("fixed", masks=[empty, good[1]]))
 
 
 # ---------------------------------------------------------------------------- state dict I/O
@@ -757,7 +766,9 @@ def test_training_masks_follow_the_ratio():
     cfg = tiny_config(("mar",), sizes=(8, 1), widths=(16,), num_classes=0)
     model = build(cfg)
     g = model.generator
-    mask, score, src, w = g.select(4000, Scoring("train", gen(0)), 0, "cpu")
+    assert g.cfg.seq_len == 64
+    pick = Scoring("train", gen(0)).select(0, "mar", 4000, 64, "cpu")
+    mask, score, src, w = pick.mask, pick.score, pick.source, pick.weight
     assert torch.equal(mask, score) and torch.equal(src, torch.arange(4000))
     count = mask.sum(1).float()
     assert count.min() >= 1

@@ -1,4 +1,4 @@
-"""Checkpoints: a folder with `config.json` + `model.safetensors`, and reference-checkpoint conversion.
+"""Checkpoints: a folder with `config.json` + `model.safetensors`, written atomically.
 
 Our format::
 
@@ -15,24 +15,16 @@ If the target folder holds files we do not own (e.g. a training run folder with 
 replace the directory: the two files are replaced one by one with `os.replace` (weights first), and
 the config copy inside the weights lets the loader detect a torn pair instead of silently mixing.
 
-Reference checkpoints (`LTH14/fractalgen` `.pth` files) are read with
-`torch.load(..., weights_only=True)` only — never unpickling arbitrary objects. Training
-checkpoints of the reference also pickle an `argparse.Namespace` (spec §12.4); that one class is
-allow-listed for the retry. The reference's key names are ours, so conversion is a strict
-`load_state_dict` plus a report of anything that does not match.
+Reference `.pth` checkpoints are read and converted by `fractalgm.convert`.
 """
 from __future__ import annotations
 
-import argparse
-import functools
 import json
 import os
-import pickle
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,20 +32,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import FractalConfig
-from .presets import get_preset, list_presets
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 _OWNED = {CONFIG_NAME, WEIGHTS_NAME}
-_WRAPPER_KEYS = ("model", "state_dict", "model_ema", "ema")
-_PREFIXES = ("module.", "_orig_mod.")
 
-__all__ = [
-    "CheckpointError", "LoadReport", "atomic_write", "save_pretrained", "read_metadata", "load_pretrained", "list_pretrained",
-    "resolve_pretrained", "load_reference_state_dict", "load_reference", "infer_preset",
-    "convert_reference", "compare_state_dict",
-]
+__all__ = ["CheckpointError", "atomic_write", "save_pretrained", "read_metadata", "load_pretrained", "list_pretrained",
+           "resolve_pretrained"]
 
 
 class CheckpointError(ValueError):
@@ -225,7 +211,7 @@ def resolve_pretrained(folder_or_name: str | os.PathLike) -> Path:
     if path.is_file():
         if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
             raise CheckpointError(f"{path} looks like a PyTorch pickle (e.g. a reference checkpoint); "
-                                  "convert it first with fractalgm.checkpoint.convert_reference "
+                                  "convert it first with fractalgm.convert.convert_reference "
                                   "(or `fractalgm convert`)")
         if path.name in _OWNED:
             return path.parent
@@ -298,6 +284,7 @@ def load_pretrained(folder_or_name: str | os.PathLike, device: str | torch.devic
     Floating weights are cast to `dtype` (default float32; None keeps the stored dtype) and the
     model is moved to `device`. Returned in eval mode.
     """
+    from .convert import compare_state_dict
     from .models import FractalGen
 
     folder = resolve_pretrained(folder_or_name)
@@ -324,182 +311,4 @@ def load_pretrained(folder_or_name: str | os.PathLike, device: str | torch.devic
         model.to(dtype=getattr(torch, stored))
     if device is not None:
         model.to(device)
-    return model.eval()
-
-
-# ============================================================================ reference checkpoints
-@dataclass
-class LoadReport:
-    """How a state_dict fits a model: keys it lacks, extra keys, and shape mismatches."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint, model
-    loaded: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def describe(self, limit: int = 10) -> str:
-        lines = []
-
-        def block(title, items):
-            if items:
-                more = f" (first {limit})" if len(items) > limit else ""
-                lines.append(f"  {title}: {len(items)}{more}")
-                lines.extend(f"    {x}" for x in items[:limit])
-
-        block("missing keys (in the model, not in the checkpoint)", self.missing)
-        block("unexpected keys (in the checkpoint, not in the model)", self.unexpected)
-        block("shape mismatches (checkpoint vs model)",
-              [f"{k}: {list(a)} vs {list(b)}" for k, a, b in self.mismatched])
-        return "\n".join(lines) if lines else "  all keys and shapes match"
-
-
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def _strip_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
-
-
-def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as first:
-        # training checkpoints of the reference pickle their argparse.Namespace (spec §12.4):
-        # allow exactly that class, still under the weights-only unpickler
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"{path} holds pickled objects other than tensors; fractalgm only reads checkpoints with "
-                f"torch.load(weights_only=True) and will not run arbitrary code. If you trust the file, "
-                f"re-save just its state_dict (torch.save(ckpt['model'], 'weights.pth')) and convert that. "
-                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from first
-
-
-def load_reference_state_dict(path_or_state_dict, key: str | None = None) -> dict[str, torch.Tensor]:
-    """The model weights of a reference checkpoint (a `.pth` path or an already loaded object).
-
-    Unwraps `{"model": …}` (or `key`, or "state_dict" / "model_ema" / "ema") and strips DDP
-    `module.` and torch.compile `_orig_mod.` prefixes. Files are read with weights_only=True.
-    """
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        path = Path(path_or_state_dict).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"reference checkpoint {path} does not exist")
-        try:
-            obj = _torch_load(path)
-        except CheckpointError:
-            raise
-        except Exception as e:  # truncated zip, not a torch file, ...
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint, or it is truncated "
-                                  f"({type(e).__name__}: {e}); re-download it") from e
-        where = str(path)
-    else:
-        obj, where = path_or_state_dict, "the given object"
-    if isinstance(obj, Mapping) and not _is_state_dict(obj):
-        keys = [key] if key is not None else [k for k in _WRAPPER_KEYS if k in obj]
-        if key is not None and key not in obj:
-            raise CheckpointError(f"{where} has no entry {key!r}; entries: {', '.join(map(str, obj))}")
-        for k in keys:
-            if _is_state_dict(obj[k]):
-                obj = obj[k]
-                break
-    if not _is_state_dict(obj):
-        what = f"entries: {', '.join(map(str, obj))}" if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"could not find a state_dict of tensors in {where} ({what}); pass key=... "
-                              "to pick the entry holding the weights")
-    return _strip_prefixes(obj)
-
-
-def compare_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
-    """Compare a state_dict with `model.state_dict()` by key and shape (no data is read)."""
-    own = model.state_dict()
-    report = LoadReport()
-    report.missing = [k for k in own if k not in state_dict]
-    report.unexpected = [k for k in state_dict if k not in own]
-    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
-                         if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    report.loaded = len(own) - len(report.missing) - len(report.mismatched)
-    return report
-
-
-def load_reference(model: torch.nn.Module, state_dict, strict: bool = True) -> LoadReport:
-    """Load a reference state_dict (or `.pth` path) into `model`; returns a `LoadReport`.
-
-    strict: raise a CheckpointError (a ValueError) listing missing/unexpected/mismatched keys and
-    suggesting the matching preset. Non-strict: load every key whose name and shape match.
-    """
-    state_dict = load_reference_state_dict(state_dict)
-    report = compare_state_dict(model, state_dict)
-    if not report.ok and strict:
-        msg = "the checkpoint does not fit this model:\n" + report.describe()
-        preset = infer_preset(state_dict)
-        if preset is not None:
-            msg += f"\nits keys and shapes match the preset {preset!r}: build the model with get_preset({preset!r})"
-        else:
-            msg += ("\nno preset matches it exactly; build a FractalConfig with the reference's lists "
-                    "(FractalConfig.from_reference_lists) and the same num_conds / guiding_pixel / class_num")
-        raise CheckpointError(msg)
-    bad = {k for k, _, _ in report.mismatched}
-    usable = {k: v for k, v in state_dict.items() if k not in bad and k not in report.unexpected}
-    model.load_state_dict(usable, strict=False)
-    return report
-
-
-@functools.lru_cache(maxsize=None)
-def _preset_shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    from .models import FractalGen
-
-    with torch.device("meta"):
-        model = FractalGen(get_preset(name))
-    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
-
-
-def infer_preset(state_dict) -> str | None:
-    """The preset whose model has exactly these keys and shapes, or None."""
-    state_dict = load_reference_state_dict(state_dict)
-    want = {k: tuple(v.shape) for k, v in state_dict.items()}
-    for name in list_presets():
-        shapes = _preset_shapes(name)
-        if len(shapes) == len(want) and all(want.get(k) == s for k, s in shapes):
-            return name
-    return None
-
-
-def convert_reference(pth_path: str | os.PathLike, out_folder: str | os.PathLike,
-                      preset: str | FractalConfig | None = None, dtype: torch.dtype | None = None,
-                      key: str | None = None):
-    """Convert a reference `.pth` checkpoint into a fractalgm checkpoint folder; returns the model.
-
-    `preset` is a preset name or a FractalConfig; by default it is inferred from the keys and shapes.
-    """
-    from .models import FractalGen
-
-    state = load_reference_state_dict(pth_path, key=key)
-    if preset is None:
-        preset = infer_preset(state)
-        if preset is None:
-            raise CheckpointError(f"{pth_path} matches none of the presets ({', '.join(list_presets())}); "
-                                  "pass preset= (a name or a FractalConfig built with "
-                                  "FractalConfig.from_reference_lists)")
-    config = get_preset(preset) if isinstance(preset, str) else preset
-    model = FractalGen(config)
-    load_reference(model, state, strict=True)
-    save_pretrained(model, out_folder, dtype=dtype)
     return model.eval()

@@ -60,8 +60,8 @@ def _check_sampling(args, model):
 
 
 def _load_model(args):
-    from .models import FractalGen
-    from .presets import create_model, list_presets
+    from .models import FractalGen, create_model
+    from .presets import list_presets
     from .train import resolve_device
 
     device = resolve_device(args.device)
@@ -107,9 +107,9 @@ class _Progress:
     def __init__(self, model, num_iter, inner=None):
         from tqdm import tqdm
 
-        top = model.config.levels[0]
-        steps = num_iter if isinstance(num_iter, int) else (num_iter or model.default_num_iter())[0]
-        total = top.seq_len if top.kind == "ar" else min(top.seq_len, steps)
+        from .sampling import steps_per_level
+
+        total = steps_per_level(model.config, num_iter)[0]
         self.inner = inner
         self.bar = tqdm(total=total, unit="step", desc="sampling (top level)", dynamic_ncols=True)
 
@@ -254,7 +254,7 @@ def cmd_nll(args):
     check_images(data, model.config.channels, model.config.image_size)
     n = min(len(data), args.limit) if args.limit else len(data)
     g = torch.Generator(model.device).manual_seed(args.seed)
-    exact = args.exact or model.is_exact
+    exact = args.exact or model.config.is_exact
     nats, var = [], []
     with tqdm(total=n, unit="img", desc="exact nll" if exact else f"nll ({args.passes} passes)") as bar:
         for i in range(0, n, args.batch_size):
@@ -271,7 +271,7 @@ def cmd_nll(args):
     bpd = float(nats.mean()) / per_dim
     # standard error of the dataset mean: image-to-image spread (+ the masking noise it contains)
     se = float(nats.std() / math.sqrt(len(nats))) / per_dim if len(nats) > 1 else float("nan")
-    kind = "exact" + (f" ({args.order} order)" if not model.is_exact else "") if exact else \
+    kind = "exact" + (f" ({args.order} order)" if not model.config.is_exact else "") if exact else \
         f"random-masking estimate, {args.passes} pass(es)"
     result = {"bpd": bpd, "stderr": se, "images": len(nats), "split": args.split, "kind": kind,
               "conditional": args.conditional, "model": args.preset or args.model}
@@ -296,7 +296,7 @@ def cmd_info(args):
 
 
 def cmd_convert(args):
-    from .checkpoint import convert_reference
+    from .convert import convert_reference
 
     model = convert_reference(args.checkpoint, args.out, preset=args.preset,
                               dtype=getattr(torch, args.dtype) if args.dtype else None)

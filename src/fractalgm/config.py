@@ -170,6 +170,11 @@ class FractalConfig:
         """Sub-pixel values per image (C·H·W), the denominator of bits/dim."""
         return self.channels * self.image_size**2
 
+    @property
+    def is_exact(self) -> bool:
+        """True when every level is AR: the likelihood needs no masking estimate."""
+        return all(lv.kind == "ar" for lv in self.levels)
+
     def cond_tokens(self, index: int) -> int:
         """Condition tokens read by level `index` (AR levels and MAR levels under AR read 1)."""
         if self.levels[index].kind == "ar":

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import FractalConfig
+from .models import Conditions, FractalGen
 
 # Paper Table 1 (GFLOPs per training forward, batch 1): generator levels then the pixel level.
 PAPER_TABLE1_GFLOPS: dict[str, tuple[float, ...]] = {
@@ -72,8 +73,6 @@ def _params(module: torch.nn.Module | None, exclude: torch.nn.Module | None = No
 
 
 def _build_meta(config: FractalConfig):
-    from .models import FractalGen
-
     with torch.device("meta"):
         model = FractalGen(config)
     return model.eval()
@@ -83,7 +82,7 @@ def _head_flops(head, rows: int, cond_dim: int, channels: int) -> tuple[int, int
     """(full forward, blocks on the C channel tokens) FLOPs of a PixelHead over `rows` pixels."""
     values, cond = _meta(rows, channels, dtype=torch.long), _meta(rows, cond_dim)
     try:
-        full = _count(lambda: head(values, cond))
+        full = _count(lambda: head.cross_entropy(values, cond))
     except RuntimeError:  # autocast(device_type="meta") is unsupported: same products, piece by piece
         def manual():
             h = head._hidden(values, cond, channels)
@@ -103,25 +102,24 @@ def _table(config: FractalConfig, batch: int) -> tuple[tuple[tuple[str, Any], ..
     node, rows = model, batch
     for i, lv in enumerate(config.levels):
         gen = node.generator
-        guide = getattr(gen, "guiding_pixel_loss", None)
+        guide = gen.guide_head
         cond_dim = config.cond_dim(i)
         params = _params(gen, exclude=guide)
         if i == 0:
             params += _params(getattr(model, "class_emb", None)) + model.fake_latent.numel()
         L, D = lv.seq_len, lv.width
-        tokens = _meta(rows, L, C * lv.patch_size**2)
+        patches = _meta(rows, L, C, lv.patch_size, lv.patch_size, dtype=torch.long)
         mask = _meta(rows, L, dtype=torch.bool)
-        conds = [_meta(rows, cond_dim)] * config.cond_tokens(i)
+        conds = Conditions.repeated(_meta(rows, cond_dim), config.cond_tokens(i))
         if guide is not None:
-            conds = conds + [_meta(rows, C)]
-        full = _count(lambda: gen.predict(tokens, mask, conds))
+            conds = conds.with_guide(_meta(rows, C))
+        full = _count(lambda: gen.predict(patches, mask, conds))
         x = _meta(rows, L, D)
         if lv.kind == "ar":
             paper = _count(lambda: [b(x, gen.rope[1:L + 1]) for b in gen.blocks])
-            prefix = 1
         else:
             paper = _count(lambda: [b(x) for b in gen.blocks])
-            prefix = gen.num_prefix
+        prefix = gen.prefix_tokens
         rows_out.append(dict(name=f"g{i + 1}", kind=lv.kind, level=i, seq_len=L, grid=lv.grid,
                              patch=lv.patch_size, width=D, depth=lv.depth, heads=lv.num_heads,
                              params=params, rows=rows, tokens=L + prefix, gflops=full / 1e9,

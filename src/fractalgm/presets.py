@@ -1,4 +1,5 @@
-"""Named model configurations: the paper's five, and small ones that train on a laptop CPU."""
+"""Named model configurations (configs only: `fractalgm.models.create_model` builds one): the paper's five,
+and small ones that train on a laptop CPU."""
 from __future__ import annotations
 
 from typing import Callable
@@ -23,13 +24,6 @@ def get_preset(name: str, **overrides) -> FractalConfig:
         raise KeyError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
     cfg = _PRESETS[name]()
     return cfg.replace(**overrides) if overrides else cfg
-
-
-def create_model(name: str, device=None, **overrides):
-    from .models import FractalGen
-
-    model = FractalGen(get_preset(name, **overrides))
-    return model.to(device) if device is not None else model
 
 
 # ---------------------------------------------------------------------------- paper presets

@@ -1,6 +1,7 @@
-"""Sampling knobs (classifier-free guidance schedules, temperature, the reference's filter rule) and the
-state that conditional generation threads down the hierarchy: known pixel values (`Known`) and where
-each generated patch sits in the full image (`CanvasView`, for recording the generation process).
+"""Sampling: one plan per level (`SamplePlan`: steps, CFG schedule and scale, temperature, filter, random
+generator), the steps per level, CFG pairing, the reference's filter rule, and the state that
+conditional generation threads down the hierarchy: known pixel values (`Known`) and where each
+generated patch sits in the full image (`CanvasView`, for recording the generation process).
 
 Temperature has the standard meaning here: logits are *divided* by it (T < 1 sharpens). The reference
 multiplies logits by its `temperature`, so reference value τ corresponds to ours T = 1/τ; e.g. the
@@ -10,42 +11,112 @@ FractalMAR-H-256 τ = 1.1 is T ≈ 0.909.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
+from .config import FractalConfig
 from .patchify import patchify
 
 CFG_SCHEDULES = ("constant", "linear")
 
 
 @dataclass(frozen=True)
-class SamplingOptions:
-    """What every level needs to know while sampling.
+class SamplePlan:
+    """Everything a level needs to know while sampling, for one level of the hierarchy.
 
-    `cfg` is the scale for the current step: a float, or one value per row (M,) when rows follow
-    different schedules (inpainting with a linear schedule). `paired` says whether conditions carry
-    conditional and unconditional halves; by default that is `cfg != 1`, and `step()` keeps it, so a
-    step whose scale happens to be exactly 1 still runs both halves.
+    `num_iter` holds the MAR steps of every level and `level` says which one this plan is for;
+    `schedule` is the CFG schedule of this level (the user's at the top, "constant" below: a lower
+    level runs at the scale of its parent's step). `cfg` is the scale for the current step: a float,
+    or one value per row (M,) when rows follow different schedules (inpainting with a linear
+    schedule). `paired` says whether conditions carry conditional and unconditional halves; by
+    default that is `cfg != 1`, and `child()` keeps it, so a step whose scale happens to be exactly 1
+    still runs both halves.
     """
 
     cfg: float | torch.Tensor = 1.0
     temperature: float = 1.0
     filter_threshold: float = 1e-4
     generator: torch.Generator | None = None
+    num_iter: tuple[int, ...] = (64,)
+    schedule: str = "constant"
+    level: int = 0
     paired: bool | None = None
 
     @property
     def guided(self) -> bool:
         return self.paired if self.paired is not None else bool(self.cfg != 1.0)
 
-    def step(self, cfg: float | torch.Tensor) -> SamplingOptions:
-        """These options with the scale of one step (the halves stay as they are)."""
-        return replace(self, cfg=cfg, paired=self.guided)
+    @property
+    def steps(self) -> int:
+        """The MAR steps asked for at this level (AR levels always take one step per token)."""
+        return self.num_iter[self.level]
 
-    def take(self, rows: torch.Tensor) -> SamplingOptions:
-        """The options of a subset of rows (only a per-row scale needs slicing)."""
+    def scale(self, revealed: int, seq_len: int) -> float:
+        """This level's guidance scale for a step after which `revealed` of `seq_len` tokens are known."""
+        return cfg_scale(self.cfg, self.schedule, revealed, seq_len)
+
+    def child(self, cfg: float | torch.Tensor) -> SamplePlan:
+        """The plan of the next level down, sampling the patches of a step whose scale is `cfg`."""
+        return replace(self, cfg=cfg, level=self.level + 1, schedule="constant", paired=self.guided)
+
+    def take(self, rows: torch.Tensor) -> SamplePlan:
+        """The plan of a subset of rows (only a per-row scale needs slicing)."""
         return replace(self, cfg=self.cfg[rows]) if isinstance(self.cfg, torch.Tensor) else self
+
+
+def default_num_iter(config: FractalConfig) -> list[int]:
+    """One step per token up to 64 per MAR level (the paper's 64-px setting is 64, 16)."""
+    return [min(lv.seq_len, 64) for lv in config.levels]
+
+
+def resolve_num_iter(config: FractalConfig, num_iter: int | Sequence[int] | None) -> list[int]:
+    """MAR steps per level from the user's `num_iter` (None, one int for all levels, or one per level)."""
+    if num_iter is None:
+        return default_num_iter(config)
+    if isinstance(num_iter, int):
+        num_iter = [num_iter] * len(config.levels)
+    num_iter = list(num_iter)
+    if len(num_iter) != len(config.levels) or min(num_iter) < 1:
+        raise ValueError(f"num_iter needs one positive entry per level ({len(config.levels)})")
+    return num_iter
+
+
+def steps_per_level(config: FractalConfig, num_iter: int | Sequence[int] | None = None) -> list[int]:
+    """Steps each level takes per sequence when sampling: L for AR, min(L, num_iter) for MAR."""
+    return [lv.seq_len if lv.kind == "ar" else min(lv.seq_len, n)
+            for lv, n in zip(config.levels, resolve_num_iter(config, num_iter))]
+
+
+def make_plan(config: FractalConfig, conditional: bool, *, num_iter: int | Sequence[int] | None = None,
+              cfg: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
+              filter_threshold: float = 1e-4, generator: torch.Generator | None = None) -> SamplePlan:
+    """The top-level plan of `FractalGen.sample`, or a clear error for options that cannot work."""
+    if not conditional and cfg != 1.0:
+        raise ValueError("classifier-free guidance needs labels (cfg must be 1 without them)")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    steps = tuple(resolve_num_iter(config, num_iter))
+    return SamplePlan(float(cfg), float(temperature), float(filter_threshold), generator, steps, cfg_schedule)
+
+
+# ---------------------------------------------------------------------------- CFG pairing
+# Guided sampling runs every row twice: the conditional half first, then the unconditional one.
+def paired(t: torch.Tensor, guided: bool) -> torch.Tensor:
+    """`t` for both halves (the halves see the same canvas), or `t` itself without guidance."""
+    return torch.cat([t, t]) if guided else t
+
+
+def paired_rows(rows: torch.Tensor, num_rows: int, guided: bool) -> torch.Tensor:
+    """Indices of `rows` (of M = `num_rows`) in both halves of a (2M, …) tensor."""
+    return torch.cat([rows, rows + num_rows]) if guided else rows
+
+
+def unpaired_count(rows: int, guided: bool) -> int:
+    """M, the number of images, from the rows of a condition (2M when guided)."""
+    return rows // 2 if guided else rows
 
 
 def cfg_scale(cfg: float, schedule: str, revealed: int, seq_len: int) -> float:
@@ -61,7 +132,7 @@ def cfg_scale(cfg: float, schedule: str, revealed: int, seq_len: int) -> float:
     raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {schedule!r}")
 
 
-def guided_logits(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+def guided_logits(logits: torch.Tensor, opts: SamplePlan) -> torch.Tensor:
     """Temperature, then (when guided) the filter and CFG combination of cond/uncond halves.
 
     `logits` has 2M rows when guided (conditional half first), M otherwise; returns M rows.
@@ -69,7 +140,9 @@ def guided_logits(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
     raised to at least `c − max(c) + max(u)`, capping the guidance push on tokens the conditional
     model finds very unlikely.
     """
-    logits = logits.float() / opts.temperature
+    logits = logits.float()
+    if opts.temperature != 1.0:  # x / 1 is x exactly: skip the kernel
+        logits = logits / opts.temperature
     if not opts.guided:
         return logits
     c, u = logits.chunk(2)
@@ -92,6 +165,11 @@ def random_orders(rows: int, length: int, generator: torch.Generator | None, dev
     """(rows, length) independent uniformly random permutations."""
     gen_device = generator.device if generator is not None else device
     return torch.rand(rows, length, generator=generator, device=gen_device).argsort(-1).to(device)
+
+
+def ranks_of(orders: torch.Tensor) -> torch.Tensor:
+    """rank[b, pos] = index of `pos` in `orders[b]`."""
+    return orders.argsort(-1)
 
 
 # ---------------------------------------------------------------------------- conditional generation
@@ -158,3 +236,17 @@ class CanvasView:
         self.canvas.permute(0, 2, 3, 1)[where] = patches.permute(0, 2, 3, 1).to(self.canvas.dtype)
         self.unknown.permute(0, 2, 3, 1)[where] = False
         self.callback(level, self.canvas, self.unknown)
+
+
+def start_canvas(config: FractalConfig, batch: int, known: Known | None, record: Callable | None,
+                 device) -> CanvasView | None:
+    """The shared canvas of a recorded run (known values in place), after reporting its first frame."""
+    if record is None:
+        return None
+    S, C = config.image_size, config.channels
+    canvas = torch.zeros(batch, C, S, S, dtype=torch.uint8, device=device)
+    unknown = torch.ones(batch, C, S, S, dtype=torch.bool, device=device)
+    if known is not None:
+        canvas, unknown = known.values.to(torch.uint8), ~known.mask
+    record(None, canvas, unknown)
+    return CanvasView(canvas, unknown, record)

@@ -330,8 +330,9 @@ class Trainer(Checkpointing):
         return True
 
     def _sample_steps(self, model: FractalGen) -> int:
-        top = model.config.levels[0]
-        return top.seq_len if top.kind == "ar" else min(top.seq_len, model.default_num_iter()[0])
+        from .sampling import steps_per_level
+
+        return steps_per_level(model.config)[0]
 
     def evaluate(self, record: dict, deadline: float = math.inf, final: bool = False) -> dict | None:
         """Validation bpd + a sample grid, logged; returns the logged record (None if cut short)."""

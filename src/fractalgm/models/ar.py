@@ -11,19 +11,26 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..config import LevelConfig
-from ..sampling import Known, SamplingOptions, cfg_scale
+from ..likelihood import Rows, Term
+from ..sampling import Known, SamplePlan, paired, paired_rows, unpaired_count
+from .contract import Conditions, LevelSpec
 from .layers import KVCache, LlamaBlock, init_weights, rope_2d_table, run_blocks
 
 
 class ARGenerator(nn.Module):
-    def __init__(self, cfg: LevelConfig, token_dim: int, cond_dim: int, checkpointing: bool = False):
+    """Causal transformer over one level's patches (see `models.contract.Generator`)."""
+
+    guide_head = None  # AR levels have no guiding pixel
+    prefix_tokens = 1  # the condition token
+
+    def __init__(self, spec: LevelSpec):
         super().__init__()
-        self.cfg = cfg
-        self.checkpointing = checkpointing
+        self.spec, self.cfg = spec, spec.level
+        cfg = spec.level
+        self.checkpointing = spec.checkpointing
         D, L = cfg.width, cfg.seq_len
-        self.patch_emb = nn.Linear(token_dim, D)
-        self.cond_emb = nn.Linear(cond_dim, D)
+        self.patch_emb = nn.Linear(spec.token_dim, D)
+        self.cond_emb = nn.Linear(spec.cond_dim, D)
         self.pos_embed_learned = nn.Parameter(torch.zeros(1, L + 1, D))
         self.patch_emb_ln = nn.LayerNorm(D, eps=1e-6)
         self.blocks = nn.ModuleList(LlamaBlock(D, cfg.num_heads, cfg.attn_dropout, cfg.proj_dropout)
@@ -33,50 +40,50 @@ class ARGenerator(nn.Module):
         init_weights(self)
         nn.init.normal_(self.pos_embed_learned, std=0.02)
 
-    def predict(self, tokens: torch.Tensor, mask, conds: list[torch.Tensor]) -> list[torch.Tensor]:
-        """tokens (R, L, T) normalised → [middle (R, L, D)]: output t has seen cond and tokens < t.
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """Integer patches (…, C, p, p) → normalised inputs (…, C·p²), channel-major."""
+        return self.spec.pixels.normalize(patches, patches.dim() - 3, self.patch_emb.weight).flatten(-3)
 
-        `mask` is ignored: an AR level never masks, causality hides what comes later.
+    def guide(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
+        return [], conds
+
+    def predict(self, patches: torch.Tensor, mask, conds: Conditions, count: int = 1) -> Conditions:
+        """Patches (R, L, C, p, p) → middle conditions (R, L, D): output t has seen cond and tokens < t.
+
+        `mask` is ignored: an AR level never masks, causality hides what comes later; an AR level
+        has no neighbour conditions to give (`count`).
         """
-        x = torch.cat([self.cond_emb(conds[0]).unsqueeze(1), self.patch_emb(tokens)], dim=1)
+        x = torch.cat([self.cond_emb(conds.middle).unsqueeze(1), self.patch_emb(self.embed(patches))], dim=1)
         x = self.patch_emb_ln(x + self.pos_embed_learned)  # (R, L+1, D)
         x = run_blocks(self.blocks, x, self.checkpointing and self.training, self.rope)
-        return [self.norm(x)[:, :-1]]
-
-    def select(self, num_rows: int, scoring, level: int, device):
-        """Every token is scored exactly once: one row per sequence, all positions, weight 1."""
-        L = self.cfg.seq_len
-        ones = torch.ones(num_rows, L, dtype=torch.bool, device=device)
-        return ones, ones, torch.arange(num_rows, device=device), torch.ones(num_rows, device=device)
+        return Conditions(self.norm(x)[:, :-1])
 
     @torch.no_grad()
-    def sample(self, conds: list[torch.Tensor], embed: Callable, opts: SamplingOptions, num_iter: int,
-               schedule: str, child: Callable, known: Known | None = None) -> torch.Tensor:
-        """(M, L, C, p, p) integer patches in raster order; `num_iter` is ignored (always L steps).
+    def sample(self, conds: Conditions, plan: SamplePlan, child: Callable, known: Known | None = None) -> torch.Tensor:
+        """(M, L, C, p, p) integer patches in raster order: always L steps (`plan.steps` is ignored).
 
-        `embed(patches)` normalises and flattens integer patches; `child(conds, opts, index)` samples
-        the patches at the given (rows, positions). With `known` (patches (M, L, C, p, p)), entirely
-        known tokens are teacher-forced without calling the child; partly known ones go to the child
-        (the caller passes their known values). A token only sees known tokens *before* it in raster
-        order: causality hides the later ones.
+        `child(conds, plan, index)` samples the patches at the given (rows, positions). With `known`
+        (patches (M, L, C, p, p)), entirely known tokens are teacher-forced without calling the
+        child; partly known ones go to the child (the caller passes their known values). A token
+        only sees known tokens *before* it in raster order: causality hides the later ones.
         """
-        L, rows = self.cfg.seq_len, conds[0].size(0)
-        M = rows // 2 if opts.guided else rows
+        L, guided = self.cfg.seq_len, plan.guided
+        rows = conds.rows
+        M = unpaired_count(rows, guided)
         dtype = self.pos_embed_learned.dtype
-        caches = [KVCache(rows, self.cfg.num_heads, L + 1, self.cfg.head_dim, conds[0].device, dtype)
+        caches = [KVCache(rows, self.cfg.num_heads, L + 1, self.cfg.head_dim, conds.middle.device, dtype)
                   for _ in self.blocks]
         canvas = None if known is None else known.values.clone()
         todo = None if known is None else ~known.full  # (M, L) tokens to generate
-        x = self.cond_emb(conds[0]).unsqueeze(1)  # step 0 decodes the condition token
+        x = self.cond_emb(conds.middle).unsqueeze(1)  # step 0 decodes the condition token
         for s in range(L):
             if s > 0:
-                prev = embed(canvas[:, s - 1:s])
-                x = self.patch_emb(torch.cat([prev, prev]) if opts.guided else prev)
+                x = self.patch_emb(paired(self.embed(canvas[:, s - 1:s]), guided))
             x = self.patch_emb_ln(x + self.pos_embed_learned[:, s:s + 1])
             for block, cache in zip(self.blocks, caches):
                 x = block(x, self.rope[s:s + 1], cache, s)
             cond = self.norm(x)[:, 0]  # (rows, D): the condition of patch s
-            step = opts.step(cfg_scale(opts.cfg, schedule, s + 1, L))
+            step = plan.child(plan.scale(s + 1, L))
             if todo is None:
                 rows_idx = torch.arange(M, device=cond.device)
             else:
@@ -84,8 +91,8 @@ class ARGenerator(nn.Module):
                 if rows_idx.numel() == 0:
                     continue
                 if rows_idx.numel() < M:
-                    cond = cond[torch.cat([rows_idx, rows_idx + M]) if opts.guided else rows_idx]
-            patch = child([cond], step.take(rows_idx), (rows_idx, torch.full_like(rows_idx, s)))  # (N, C, p, p)
+                    cond = cond[paired_rows(rows_idx, M, guided)]
+            patch = child(Conditions(cond), step.take(rows_idx), (rows_idx, torch.full_like(rows_idx, s)))
             if canvas is None:
                 canvas = patch.new_zeros(M, L, *patch.shape[1:])
             canvas[rows_idx, s] = patch

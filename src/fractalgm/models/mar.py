@@ -13,14 +13,20 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..config import LevelConfig
-from ..likelihood import Scoring
-from ..sampling import Known, SamplingOptions, cfg_scale, random_orders
+from ..likelihood import Rows, Term
+from ..sampling import Known, SamplePlan, cfg_scale, paired, paired_rows, random_orders, ranks_of, unpaired_count
+from .contract import Conditions, LevelSpec
 from .layers import ViTBlock, init_weights, run_blocks
+from .pixel_head import PixelHead
 
 
-def neighbour_conditions(out: torch.Tensor, grid: int) -> list[torch.Tensor]:
-    """(R, L, D) outputs → [middle, top, right, bottom, left], zero outside the grid."""
+def neighbour_conditions(out: torch.Tensor, grid: int, count: int = 5) -> Conditions:
+    """(R, L, D) outputs → middle and neighbours (top, right, bottom, left), zero outside the grid.
+
+    Only the first `count` are built: a child that reads the middle alone needs no shifted copies.
+    """
+    if count == 1:
+        return Conditions(out)
     R, L, D = out.shape
     m = out.reshape(R, grid, grid, D)
     zr, zc = m.new_zeros(R, 1, grid, D), m.new_zeros(R, grid, 1, D)
@@ -28,126 +34,129 @@ def neighbour_conditions(out: torch.Tensor, grid: int) -> list[torch.Tensor]:
     bottom = torch.cat([m[:, 1:], zr], dim=1)
     right = torch.cat([m[:, :, 1:], zc], dim=2)
     left = torch.cat([zc, m[:, :, :-1]], dim=2)
-    return [out] + [t.reshape(R, L, D) for t in (top, right, bottom, left)]
-
-
-def truncated_normal_ratio(n: int, generator, device, mean=1.0, std=0.25, low=0.0, high=1.0):
-    """Mask ratios ~ N(mean, std²) truncated to [low, high] (scipy `truncnorm(−4, 0)` for the defaults)."""
-    normal = torch.distributions.Normal(0.0, 1.0)
-    a, b = normal.cdf(torch.tensor((low - mean) / std)), normal.cdf(torch.tensor((high - mean) / std))
-    gen_device = generator.device if generator is not None else device
-    u = a + (b - a) * torch.rand(n, generator=generator, device=gen_device)
-    return (mean + std * torch.special.ndtri(u)).clamp(low, high).to(device)
-
-
-def ranks_of(orders: torch.Tensor) -> torch.Tensor:
-    """rank[b, pos] = index of `pos` in `orders[b]`."""
-    return orders.argsort(-1)
+    return Conditions(out, tuple(t.reshape(R, L, D) for t in (top, right, bottom, left))[:count - 1])
 
 
 class MARGenerator(nn.Module):
-    def __init__(self, cfg: LevelConfig, token_dim: int, cond_dim: int, num_conds: int,
-                 guide_head: nn.Module | None = None, channels: int = 3, checkpointing: bool = False):
+    """Masked bidirectional transformer over one level's patches (see `models.contract.Generator`).
+
+    With a guiding pixel (`spec.guide_head`) it owns that head: it scores and samples the patch's
+    mean colour and reads it as its first prefix token.
+    """
+
+    def __init__(self, spec: LevelSpec):
+        guide = None
+        if spec.guide_head is not None:  # built first and registered last: the reference's init order
+            h = spec.guide_head
+            guide = PixelHead(h.head, h.cond_dim, h.channel_names, h.channel_order, h.first_weight)
         super().__init__()
-        self.cfg = cfg
-        self.num_conds = num_conds
-        self.guiding_pixel = guiding_pixel = guide_head is not None
-        self.checkpointing = checkpointing
+        self.spec, self.cfg = spec, spec.level
+        cfg = spec.level
+        self.num_conds = spec.num_conds
+        self.guiding_pixel = guiding_pixel = guide is not None
+        self.checkpointing = spec.checkpointing
         D, L = cfg.width, cfg.seq_len
-        self.num_prefix = num_conds + int(guiding_pixel)
-        self.patch_emb = nn.Linear(token_dim, D)
+        self.prefix_tokens = spec.num_conds + int(guiding_pixel)  # [gp?, c_{K−1} … c_0]
+        self.patch_emb = nn.Linear(spec.token_dim, D)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.cond_emb = nn.Linear(cond_dim, D)
+        self.cond_emb = nn.Linear(spec.cond_dim, D)
         if guiding_pixel:
-            self.pix_proj = nn.Linear(channels, D)
-        self.pos_embed_learned = nn.Parameter(torch.zeros(1, L + self.num_prefix, D))
+            self.pix_proj = nn.Linear(spec.channels, D)
+        self.pos_embed_learned = nn.Parameter(torch.zeros(1, L + self.prefix_tokens, D))
         self.patch_emb_ln = nn.LayerNorm(D, eps=1e-6)
         self.blocks = nn.ModuleList(ViTBlock(D, cfg.num_heads, cfg.attn_dropout, cfg.proj_dropout)
                                     for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(D, eps=1e-6)
         init_weights(self)
         if guiding_pixel:  # registered after init: the head initialises itself (codebooks N(0, 0.02²))
-            self.guiding_pixel_loss = guide_head
+            self.guiding_pixel_loss = guide
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.pos_embed_learned, std=0.02)
 
-    def predict(self, tokens: torch.Tensor, mask: torch.Tensor, conds: list[torch.Tensor]) -> list[torch.Tensor]:
-        """tokens (R, L, T) normalised, mask (R, L) bool → five condition maps (R, L, D).
+    @property
+    def guide_head(self) -> PixelHead | None:
+        return self.guiding_pixel_loss if self.guiding_pixel else None
 
-        `conds` holds at least `num_conds` conditions, plus the guiding pixel last when enabled.
-        """
-        x = self.patch_emb(tokens)
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """Integer patches (…, C, p, p) → normalised inputs (…, C·p²), channel-major."""
+        return self.spec.pixels.normalize(patches, patches.dim() - 3, self.patch_emb.weight).flatten(-3)
+
+    # ------------------------------------------------------------------ the guiding pixel
+    def guide(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
+        """Score the mean colour of images (M, C, S, S) and add it, normalised, to the conditions."""
+        if not self.guiding_pixel:
+            return [], conds
+        pixels, like = self.spec.pixels, self.patch_emb.weight
+        g = pixels.normalize(images, 1, like).mean(-1).mean(-1)  # (M, C)
+        ce = self.guiding_pixel_loss.cross_entropy(pixels.quantize(g, 1, like), conds.middle)
+        term = Term(f"guiding_pixel_level{self.spec.index}", ce, rows.owner, rows.weight,
+                    self.guiding_pixel_loss.channel_weights())
+        return [term], conds.with_guide(g)
+
+    def sample_guide(self, conds: Conditions, plan: SamplePlan) -> Conditions:
+        """Sample the mean colour first (both CFG halves then read the same one)."""
+        if not self.guiding_pixel:
+            return conds
+        values = self.guiding_pixel_loss.sample(conds.middle, plan)
+        g = self.spec.pixels.normalize(values, 1, self.patch_emb.weight)
+        return conds.with_guide(paired(g, plan.guided))
+
+    # ------------------------------------------------------------------ network
+    def predict(self, patches: torch.Tensor, mask: torch.Tensor, conds: Conditions, count: int = 5) -> Conditions:
+        """Patches (R, L, C, p, p), mask (R, L) bool → condition maps (R, L, D): the middle one and its
+        four grid neighbours (the first `count`). `conds` holds `num_conds` conditions (and the
+        guiding pixel)."""
+        if len(conds.tokens) != self.num_conds:
+            raise ValueError(f"this MAR level reads {self.num_conds} conditions, got {len(conds.tokens)}")
+        x = self.patch_emb(self.embed(patches))
         x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
-        prefix = [self.cond_emb(conds[i]) for i in reversed(range(self.num_conds))]  # c_{K-1} … c_0
+        prefix = [self.cond_emb(c) for c in reversed(conds.tokens)]  # c_{K-1} … c_0
         if self.guiding_pixel:
-            prefix.insert(0, self.pix_proj(conds[-1]))
+            prefix.insert(0, self.pix_proj(conds.guide))
         x = torch.cat([torch.stack(prefix, dim=1).to(x.dtype), x], dim=1)
         x = self.patch_emb_ln(x + self.pos_embed_learned)
         x = run_blocks(self.blocks, x, self.checkpointing and self.training)
-        return neighbour_conditions(self.norm(x)[:, self.num_prefix:], self.cfg.grid)
+        return neighbour_conditions(self.norm(x)[:, self.prefix_tokens:], self.cfg.grid, count)
 
-    def select(self, num_rows: int, scoring: Scoring, level: int, device):
-        """Rows to run and tokens to mask/score: (mask, score, source row, weight), see `likelihood`."""
-        L, gen = self.cfg.seq_len, scoring.generator
-        if scoring.mode == "fixed":
-            mask = torch.as_tensor(scoring.masks[level], device=device).bool()
-            if mask.shape != (num_rows, L):
-                raise ValueError(f"level {level}: fixed mask has shape {tuple(mask.shape)}, "
-                                 f"expected ({num_rows}, {L}) (one row per sequence entering the level)")
-            count = mask.sum(-1)
-            if (count == 0).any():
-                raise ValueError(f"level {level}: every fixed mask must score at least one token")
-            return mask, mask, torch.arange(num_rows, device=device), L / count.float()
-        if scoring.mode == "exact":
-            orders = (torch.arange(L, device=device).expand(num_rows, L) if scoring.order == "raster"
-                      else random_orders(num_rows, L, gen, device))
-            rank = ranks_of(orders).repeat_interleave(L, dim=0)  # (R·L, L)
-            step = torch.arange(L, device=device).repeat(num_rows).unsqueeze(1)
-            src = torch.arange(num_rows, device=device).repeat_interleave(L)
-            return rank >= step, rank == step, src, torch.ones(num_rows * L, device=device)
-        if scoring.mode == "train":
-            count = torch.ceil(L * truncated_normal_ratio(num_rows, gen, device)).long().clamp_(1, L)
-        else:  # "random": k ~ U{1..L}
-            gen_device = gen.device if gen is not None else device
-            n = 1 if scoring.shared_count else num_rows
-            count = torch.randint(1, L + 1, (n,), generator=gen, device=gen_device).to(device).expand(num_rows)
-        mask = ranks_of(random_orders(num_rows, L, gen, device)) < count.unsqueeze(1)
-        return mask, mask, torch.arange(num_rows, device=device), L / count.float()
-
+    # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, conds: list[torch.Tensor], embed: Callable, opts: SamplingOptions, num_iter: int,
-               schedule: str, child: Callable, known: Known | None = None) -> torch.Tensor:
-        """(M, L, C, p, p) integer patches, revealed over min(U, num_iter) cosine-schedule steps.
+    def sample(self, conds: Conditions, plan: SamplePlan, child: Callable, known: Known | None = None) -> torch.Tensor:
+        """(M, L, C, p, p) integer patches, revealed over min(U, plan.steps) cosine-schedule steps.
 
         `known` (patches (M, L, C, p, p)) reveals entirely known tokens from the start; the random
         order and the cosine schedule then run over each row's U unknown tokens (U = L without
-        `known`: the reference's sampler). `child(conds, opts, index)` samples the patches at
+        `known`: the reference's sampler). `child(conds, plan, index)` samples the patches at
         index = (rows, positions), partly known ones included (the caller passes their known values).
+        A partly known patch still samples its guiding pixel.
         """
-        L, rows = self.cfg.seq_len, conds[0].size(0)
-        M = rows // 2 if opts.guided else rows
-        device = conds[0].device
-        rank = ranks_of(random_orders(M, L, opts.generator, device))
+        conds = self.sample_guide(conds, plan)
+        L, guided = self.cfg.seq_len, plan.guided
+        M = unpaired_count(conds.rows, guided)
+        device = conds.middle.device
+        rank = ranks_of(random_orders(M, L, plan.generator, device))
         canvas, mask = None, torch.ones(M, L, dtype=torch.bool, device=device)
         if known is not None:
             canvas, mask = known.values.clone(), ~known.full
             rank = ranks_of((rank + L * known.full).argsort(-1))  # unknown tokens first, same relative order
-        plan = SchedulePlan(mask.sum(1), num_iter, opts.cfg, schedule)
-        both = (lambda t: torch.cat([t, t])) if opts.guided else (lambda t: t)
-        for step in range(plan.steps):
-            next_mask = rank < plan.masked_after(step)
+        schedule = SchedulePlan(mask.sum(1), plan.steps, plan.cfg, plan.schedule)
+        p = self.cfg.patch_size
+        shape = (self.spec.channels, p, p)
+        for step in range(schedule.steps):
+            next_mask = rank < schedule.masked_after(step)
             to_pred = mask & ~next_mask
             live = to_pred.any(1)
             if live.any():
                 # run only the rows that still generate (rows are independent; all rows without `known`)
                 run = slice(None) if live.all() else live.nonzero()[:, 0]
-                halves = torch.cat([run, run + M]) if opts.guided and not isinstance(run, slice) else run
-                tokens = embed(canvas[run]) if canvas is not None else \
-                    torch.zeros(M, L, self.patch_emb.in_features, device=device)
-                maps = self.predict(both(tokens), both(mask[run]), [c[halves] for c in conds])
+                halves = run if isinstance(run, slice) else paired_rows(run, M, guided)
+                # before anything is generated every token is masked: its values are never read
+                patches = canvas[run] if canvas is not None else torch.zeros(M, L, *shape, dtype=torch.long,
+                                                                              device=device)
+                maps = self.predict(paired(patches, guided), paired(mask[run], guided), conds.take(halves),
+                                    self.spec.child_conds)
                 index = to_pred.nonzero(as_tuple=True)
-                step_opts = opts.step(plan.scale(step)).take(index[0])
-                patches = child([mp[both(to_pred[run])] for mp in maps], step_opts, index)
+                sub_conds = maps.take(paired(to_pred[run], guided))
+                patches = child(sub_conds, plan.child(schedule.scale(step)).take(index[0]), index)
                 if canvas is None:
                     canvas = patches.new_zeros(M, L, *patches.shape[1:])
                 canvas[to_pred] = patches

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import list_pretrained, resolve_pretrained
+from ..sampling import resolve_num_iter
 from ..models import FractalGen
 
 class UnknownModel(KeyError):
@@ -41,7 +42,7 @@ class ModelEntry:
         return self.model.config
 
     def level_info(self) -> list[dict]:
-        defaults = self.model.default_num_iter()
+        defaults = resolve_num_iter(self.config, None)
         return [{"kind": lv.kind, "image_size": lv.image_size, "patch_size": lv.patch_size, "tokens": lv.seq_len,
                  "default_steps": d} for lv, d in zip(self.config.levels, defaults)]
 
@@ -77,7 +78,7 @@ class ModelEntry:
             test_size = None
         return {"name": self.name, "image_size": cfg.image_size, "channels": cfg.channels,
                 "num_classes": cfg.num_classes, "class_names": self.class_names(), "levels": self.level_info(),
-                "exact_likelihood": self.model.is_exact, "testset": self.testset if test_size else None,
+                "exact_likelihood": self.config.is_exact, "testset": self.testset if test_size else None,
                 "testset_size": test_size or 0,
                 "parameters": sum(p.numel() for p in self.model.parameters())}
 

@@ -147,7 +147,7 @@ def score(spec: Spec, images: torch.Tensor, job) -> dict:
     job.check()
     model = spec.entry.model
     labels = _device_labels(spec, len(images))
-    passes = 1 if model.is_exact else spec.nll_passes
+    passes = 1 if model.config.is_exact else spec.nll_passes
     generator = torch.Generator(model.device).manual_seed(spec.seeds[0])
     r = model.nll(images.to(model.device), labels, passes=passes, generator=generator)
     bpd = r.bpd.cpu()
