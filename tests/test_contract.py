@@ -205,7 +205,8 @@ def test_no_import_cycle_between_modules():
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
-                deps.add(target)
+                if node.module:  # `from .m import x` runs m (and x may be a submodule of m)
+                    deps.add(target)
                 deps.update(f"{target}.{a.name}" for a in node.names)  # `from . import x` imports a module
         graph[mod] = deps
 
