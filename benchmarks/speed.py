@@ -125,24 +125,30 @@ class Worker:
         return out
 
     def profile(self, preset: str, batch: int, top: int = 15) -> dict:
-        from torch.profiler import ProfilerActivity, profile
-
+        """One training step under the profiler, with per-level ranges."""
         model = self.setup(preset)[0]
         self.train_step(preset, batch, 10_001)
-        hooks = _level_hooks(model)
+        return self._profiled(model, lambda: self.train_step(preset, batch, 0), True, top)
+
+    def profile_sample(self, preset: str, batch: int, cfg: float, num_iter: int, top: int = 15) -> dict:
+        """One `sample` call under the profiler (forward ranges only)."""
+        model = self.setup(preset)[0]
+        return self._profiled(model, lambda: self.sample(preset, batch, cfg, num_iter, 1), False, top)
+
+    def _profiled(self, model, fn, backward: bool, top: int) -> dict:
+        from torch.profiler import ProfilerActivity, profile
+
+        hooks = _level_hooks(model, backward)
         try:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                t0 = time.perf_counter()
-                self.train_step(preset, batch, 0)
-                wall = time.perf_counter() - t0
+                wall = _timed(fn)
         finally:
             for h in hooks:
                 h.remove()
         events = prof.key_averages()
         levels = {e.key: e.cpu_time_total / 1e3 for e in events if e.key.startswith("level ")}
         ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)
-        total_self = sum(e.self_cpu_time_total for e in events) / 1e3
-        return {"wall_ms": wall * 1e3, "profiled_self_ms": total_self, "levels_ms": levels,
+        return {"wall_ms": wall * 1e3, "levels_ms": levels,
                 "top_ops_self_ms": [[e.key, e.self_cpu_time_total / 1e3, e.count] for e in ops[:top]]}
 
 
@@ -152,11 +158,12 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _level_hooks(model) -> list:
+def _level_hooks(model, backward: bool = True) -> list:
     """Profiler ranges 'level k forward/backward' around every block of level k and the pixel head.
 
     Levels are found by module name, so this works on any tree that keeps the reference's names:
-    `next_fractal` once per level down, `generator.blocks.i`, the head last.
+    `next_fractal` once per level down, `generator.blocks.i`, the head last. Sampling calls the
+    head's `sample`, not its forward, so there (backward=False) its blocks are hooked instead.
     """
     import torch
 
@@ -171,18 +178,25 @@ def _level_hooks(model) -> list:
         def leave(*_):
             torch.ops.profiler._record_function_exit._RecordFunction(stack.pop())
 
-        return [module.register_forward_pre_hook(enter(f"level {label} forward")),
-                module.register_forward_hook(leave),
-                module.register_full_backward_pre_hook(enter(f"level {label} backward")),
-                module.register_full_backward_hook(leave)]
+        hooks = [module.register_forward_pre_hook(enter(f"level {label} forward")), module.register_forward_hook(leave)]
+        if backward:
+            hooks += [module.register_full_backward_pre_hook(enter(f"level {label} backward")),
+                      module.register_full_backward_hook(leave)]
+        return hooks
 
     hooks = []
     for name, module in model.named_modules():
-        depth = name.split(".").count("next_fractal")
         parts = name.split(".")
-        if len(parts) >= 3 and parts[-3] == "generator" and parts[-2] == "blocks":
-            hooks += ranges(module, f"{depth} ({type(module).__name__} ×{len(model.get_submodule(name.rsplit('.', 1)[0]))})")
-        elif type(module).__name__ == "PixelHead" and name and not name.endswith("guiding_pixel_loss"):
+        depth = parts.count("next_fractal")
+        parent = model.get_submodule(".".join(parts[:-2])) if len(parts) >= 2 else None
+        is_block = len(parts) >= 2 and parts[-2] == "blocks"
+        head = type(parent).__name__ == "PixelHead" if is_block else False
+        if is_block and len(parts) >= 3 and parts[-3] == "generator":
+            count = len(model.get_submodule(name.rsplit(".", 1)[0]))
+            hooks += ranges(module, f"{depth} ({type(module).__name__} ×{count})")
+        elif is_block and head and not backward:
+            hooks += ranges(module, f"{depth} (pixel-head blocks)")
+        elif backward and type(module).__name__ == "PixelHead" and not name.endswith("guiding_pixel_loss"):
             hooks += ranges(module, f"{depth} (pixel head)")
     return hooks
 
@@ -285,7 +299,12 @@ def main(argv=None):
         if "profile" in tasks:
             for pr in presets:
                 for b in args.batches.split(","):
-                    profiles[f"{pr} b{b}"] = {s.name: s.ask(op="profile", preset=pr, batch=int(b)) for s in sides}
+                    profiles[f"train {pr} b{b}"] = {s.name: s.ask(op="profile", preset=pr, batch=int(b)) for s in sides}
+                if "sample" in tasks:
+                    b, c = int(args.sample_batches.split(",")[0]), float(args.cfgs.split(",")[-1])
+                    profiles[f"sample {pr} b{b} cfg {c}"] = {
+                        s.name: s.ask(op="profile_sample", preset=pr, batch=b, cfg=c, num_iter=args.num_iter)
+                        for s in sides}
     finally:
         for s in sides:
             s.close()
@@ -323,7 +342,7 @@ def summarise(results, peaks, profiles, args) -> dict:
         print(f"{r['task']:7s} {r['preset']:18s} {r['batch']:5d} {r.get('cfg', ''):>4}  "
               f"{r['old_images_per_s']:9.2f} {r['new_images_per_s']:9.2f} {r['speedup']:6.2f}×  {share}")
     for name, sides in profiles.items():
-        print(f"\nprofile: one training step, {name} (ms; level ranges include their backward)")
+        print(f"\nprofile: {name} (ms; a level's range covers its blocks / head, not embeddings or masks)")
         levels = sorted(set(sides["old"]["levels_ms"]) | set(sides["new"]["levels_ms"]))
         print(f"  {'':40s} {'old':>8s} {'new':>8s}")
         print(f"  {'wall (under the profiler)':40s} {sides['old']['wall_ms']:8.1f} {sides['new']['wall_ms']:8.1f}")

@@ -6,7 +6,7 @@ element keeps its value iff a uniform 32-bit integer is ≥ round(p·2³²) − 
 1 − round(p·2³²)/2³² (within 2⁻³³ of 1 − p); the bits come from numpy's SFC64 generator seeded by
 one draw of torch's generator, so `torch.manual_seed` (and a resumed RNG state) still fixes every
 mask. As in PyTorch's CPU dropout the output is x · noise, with noise 0 or 1/(1 − p) rounded to
-x's dtype. Off the CPU, and for p ∈ {0, 1}, this is `F.dropout`.
+x's dtype. Off the CPU, for p ∈ {0, 1} and inside `torch.compile`, this is `F.dropout`.
 
 `set_fast_dropout(False)` restores PyTorch's own sampler (its exact random stream).
 """
@@ -56,7 +56,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`F.dropout(x, p, training)` with the fast CPU mask sampler (x · noise, as PyTorch's CPU dropout)."""
     if not training or p == 0.0:
         return x
-    if not _FAST or x.device.type != "cpu" or p >= 1.0 or x.dtype not in _FLOAT_DTYPES:
+    if (not _FAST or x.device.type != "cpu" or p >= 1.0 or x.dtype not in _FLOAT_DTYPES
+            or torch.compiler.is_compiling()):  # compiled graphs fuse their own RNG into the kernels
         return F.dropout(x, p, True)
     return x * dropout_noise(x.shape, p, x.dtype)
 

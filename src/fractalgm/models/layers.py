@@ -49,7 +49,7 @@ def attention(q, k, v, causal: bool = False, mask=None, dropout: float = 0.0) ->
 
 
 def _cpu_attention(q, k, v, causal: bool, mask, dropout: float) -> torch.Tensor:
-    """CPU attention in (at least) fp32, returned in the input dtype.
+    """CPU attention in (at least) fp32, returned in v's dtype (q and k may already be fp32).
 
     * One key and no dropout (a C = 1 pixel head's single token): the softmax weight is exactly 1,
       so the output is `v`, bit for bit what the kernel returns.
@@ -57,12 +57,11 @@ def _cpu_attention(q, k, v, causal: bool, mask, dropout: float) -> torch.Tensor:
     * Dropout: SDPA would fall back to its unfused math path with PyTorch's slow CPU Bernoulli
       sampler; the same math runs here with `fast dropout` on the attention weights.
     """
-    dtype = q.dtype
+    dtype = v.dtype
     if q.size(-2) == 1 and k.size(-2) == 1 and mask is None and dropout == 0.0:
         return v
     with torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") else nullcontext():
-        if dtype in (torch.bfloat16, torch.float16):
-            q, k, v = q.float(), k.float(), v.float()
+        q, k, v = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in (q, k, v))
         if dropout == 0.0:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         else:
@@ -181,13 +180,13 @@ def rope_2d_table(grid: int, head_dim: int, num_cond: int = 1, base: float = 100
     return torch.cat([torch.zeros(num_cond, half, 2), table])
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x (B, N, H, d) by table (N, d/2, 2), in fp32."""
+def apply_rope(x: torch.Tensor, table: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Rotate interleaved pairs of x (B, N, H, d) by table (N, d/2, 2), in fp32; returns `dtype` (x's)."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
     t = table.view(1, xs.size(1), 1, xs.size(3), 2)
     out = torch.stack([xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1],
                        xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1)
-    return out.flatten(3).type_as(x)
+    return out.flatten(3).to(dtype or x.dtype)
 
 
 class KVCache:
@@ -216,7 +215,9 @@ class LlamaAttention(nn.Module):
     def forward(self, x, rope, cache: KVCache | None = None, pos: int = 0):
         B, N, D = x.shape
         q, k, v = self.wqkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).unbind(2)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        # CPU attention runs in fp32 anyway: rotated low-precision q, k stay fp32 rather than round-trip
+        wide = torch.promote_types(q.dtype, torch.float32) if cache is None and x.device.type == "cpu" else None
+        q, k = apply_rope(q, rope, wide), apply_rope(k, rope, wide)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
         p = self.attn_drop if self.training else 0.0
         if cache is None:
