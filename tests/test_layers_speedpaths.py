@@ -155,6 +155,10 @@ def test_kv_cache_decoding_equals_the_full_causal_pass():
     cache = KVCache(2, 4, 10, 8, x.device, x.dtype)
     steps = [block(x[:, s:s + 1], rope[s:s + 1], cache, s) for s in range(10)]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    # a multi-token chunk (masked within the chunk), then single tokens
+    cache = KVCache(2, 4, 10, 8, x.device, x.dtype)
+    chunks = [block(x[:, :4], rope[:4], cache, 0)] + [block(x[:, s:s + 1], rope[s:s + 1], cache, s) for s in range(4, 10)]
+    torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_vit_block_train_mode_draws_dropout_and_eval_mode_does_not():

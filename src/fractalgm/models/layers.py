@@ -224,7 +224,8 @@ class LlamaAttention(nn.Module):
             out = attention(q, k, v, True, dropout=p)
         else:  # decoding N new tokens at positions pos..pos+N-1 against everything cached so far
             k, v = cache.update(pos, k, v)
-            mask = torch.ones(N, pos + N, dtype=torch.bool, device=x.device).tril(pos)
+            # one new token sees every cached one: no mask needed (an all-True mask adds exact zeros)
+            mask = None if N == 1 else torch.ones(N, pos + N, dtype=torch.bool, device=x.device).tril(pos)
             out = attention(q, k.to(q.dtype), v.to(q.dtype), mask=mask)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(B, N, D)))
 
