@@ -316,7 +316,9 @@ def main(argv=None):
 
 
 def summarise(results, peaks, profiles, args) -> dict:
-    peak = median(peaks["old"] + peaks["new"])
+    # the best peak is what the core can do; under load each round's peak (and each step) is lower,
+    # so the share against it is conservative; the share against the median peak is also kept
+    peak, peak_median = max(peaks["old"] + peaks["new"]), median(peaks["old"] + peaks["new"])
     rows = []
     for (op, key), entry in results.items():
         kw = json.loads(key)
@@ -331,10 +333,11 @@ def summarise(results, peaks, profiles, args) -> dict:
                 row[f"{side}_gflops_per_step"] = statistics.mean(flops) / 1e9
                 row[f"{side}_gflop_per_s"] = median(rates) / 1e9
                 row[f"{side}_peak_share"] = median(rates) / 1e9 / peak
+                row[f"{side}_peak_share_vs_median_peak"] = median(rates) / 1e9 / peak_median
         row["speedup"] = row["old_s"] / row["new_s"]
         rows.append(row)
-    print(f"\nbf16 matmul peak (1024³, best of 8, median over rounds): {peak:.1f} GFLOP/s "
-          f"({args.threads} thread(s))")
+    print(f"\nbf16 matmul peak (1024³, best of 8 per round): best {peak:.1f}, median {peak_median:.1f} GFLOP/s "
+          f"({args.threads} thread(s)); %peak below is against the best")
     print(f"{'task':7s} {'preset':18s} {'batch':>5s} {'cfg':>4s}  {'old img/s':>9s} {'new img/s':>9s} "
           f"{'speedup':>7s}  {'old %peak':>9s} {'new %peak':>9s}")
     for r in rows:
@@ -356,6 +359,7 @@ def summarise(results, peaks, profiles, args) -> dict:
     return {"baseline": args.baseline_commit, "threads": args.threads, "torch": torch.__version__,
             "machine": os.uname().machine, "cpu_count": os.cpu_count(), "rounds": args.rounds,
             "steps": args.steps, "num_iter": args.num_iter, "bf16_peak_gflop_per_s": peak,
+            "bf16_peak_median_gflop_per_s": peak_median,
             "peaks": peaks, "rows": rows, "profiles": profiles,
             "note": "old and new measured in turns in one run; the machine may have been shared"}
 
