@@ -129,7 +129,8 @@ def test_dropout_attention_without_drops_equals_sdpa(monkeypatch, causal, mask):
         attn_mask[:, 0] = True
     elif mask == "float":
         attn_mask = torch.randn(5, 5)
-    monkeypatch.setattr(dropout_mod, "dropout_noise", lambda shape, p, dtype, generator=None: torch.ones(shape, dtype=dtype))
+    monkeypatch.setattr(dropout_mod, "dropout_noise",
+                        lambda shape, p, dtype, generator=None: torch.ones(shape, dtype=dtype))
     out = _cpu_attention(q, k, v, causal, attn_mask, 0.1)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
@@ -157,7 +158,8 @@ def test_kv_cache_decoding_equals_the_full_causal_pass():
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
     # a multi-token chunk (masked within the chunk), then single tokens
     cache = KVCache(2, 4, 10, 8, x.device, x.dtype)
-    chunks = [block(x[:, :4], rope[:4], cache, 0)] + [block(x[:, s:s + 1], rope[s:s + 1], cache, s) for s in range(4, 10)]
+    chunks = [block(x[:, :4], rope[:4], cache, 0)]
+    chunks += [block(x[:, s:s + 1], rope[s:s + 1], cache, s) for s in range(4, 10)]
     torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=1e-5, atol=1e-5)
 
 
