@@ -10,11 +10,16 @@ state_dicts load unchanged.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
+
+from .dropout import Dropout
+from .dropout import dropout as fast_dropout
 
 
 # cuDNN attention failed on H200 (torch 2.11) for many short sequences; the other kernels are exact
@@ -25,14 +30,13 @@ _MAX_CUDA_BATCH = 32768  # CUDA grids cap one dimension at 65535: split bigger b
 def attention(q, k, v, causal: bool = False, mask=None, dropout: float = 0.0) -> torch.Tensor:
     """Scaled dot-product attention over (B, H, N, d).
 
-    On CPU, low-precision inputs run in fp32, where PyTorch's CPU kernels are several times faster
-    than in bf16. On CUDA, cuDNN is avoided and very large batches (lower levels see thousands of
-    short sequences) are split into chunks.
+    On CPU, low-precision inputs run in fp32 (autocast is switched off around it: CPU autocast
+    would otherwise run SDPA in bf16 again), where PyTorch's CPU kernels are several times faster
+    than in bf16; see `_cpu_attention`. On CUDA, cuDNN is avoided and very large batches (lower
+    levels see thousands of short sequences) are split into chunks.
     """
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
-                                             dropout_p=dropout, is_causal=causal)
-        return out.to(q.dtype)
+    if q.device.type == "cpu":
+        return _cpu_attention(q, k, v, causal, mask, dropout)
     if q.device.type == "cuda":
         with sdpa_kernel(_CUDA_BACKENDS):
             if q.size(0) <= _MAX_CUDA_BATCH:
@@ -42,6 +46,34 @@ def attention(q, k, v, causal: bool = False, mask=None, dropout: float = 0.0) ->
                               for qc, kc, vc in zip(q.split(_MAX_CUDA_BATCH), k.split(_MAX_CUDA_BATCH),
                                                     v.split(_MAX_CUDA_BATCH))])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+
+
+def _cpu_attention(q, k, v, causal: bool, mask, dropout: float) -> torch.Tensor:
+    """CPU attention in (at least) fp32, returned in v's dtype (q and k may already be fp32).
+
+    * One key and no dropout (a C = 1 pixel head's single token): the softmax weight is exactly 1,
+      so the output is `v`, bit for bit what the kernel returns.
+    * No dropout: SDPA's fused CPU (flash) kernel.
+    * Dropout: SDPA would fall back to its unfused math path with PyTorch's slow CPU Bernoulli
+      sampler; the same math runs here with `fast dropout` on the attention weights.
+    """
+    dtype = v.dtype
+    if q.size(-2) == 1 and k.size(-2) == 1 and mask is None and dropout == 0.0:
+        return v
+    with torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") else nullcontext():
+        q, k, v = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in (q, k, v))
+        if dropout == 0.0:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        else:
+            scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
+            if causal:
+                n, s = scores.shape[-2:]  # top-left aligned, as SDPA's is_causal
+                scores = scores.masked_fill(torch.ones(n, s, dtype=torch.bool, device=q.device).triu(1),
+                                            float("-inf"))
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            out = fast_dropout(scores.softmax(-1), dropout) @ v
+    return out.to(dtype)
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool, *args) -> torch.Tensor:
@@ -62,7 +94,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         B, N, D = x.shape
@@ -77,9 +109,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = Dropout(drop)
 
     def forward(self, x):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
@@ -127,7 +159,7 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.ffn_dropout = nn.Dropout(drop)
+        self.ffn_dropout = Dropout(drop)
 
     def forward(self, x):
         return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
@@ -148,13 +180,13 @@ def rope_2d_table(grid: int, head_dim: int, num_cond: int = 1, base: float = 100
     return torch.cat([torch.zeros(num_cond, half, 2), table])
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x (B, N, H, d) by table (N, d/2, 2), in fp32."""
+def apply_rope(x: torch.Tensor, table: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Rotate interleaved pairs of x (B, N, H, d) by table (N, d/2, 2), in fp32; returns `dtype` (x's)."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
     t = table.view(1, xs.size(1), 1, xs.size(3), 2)
     out = torch.stack([xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1],
                        xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1)
-    return out.flatten(3).type_as(x)
+    return out.flatten(3).to(dtype or x.dtype)
 
 
 class KVCache:
@@ -178,19 +210,22 @@ class LlamaAttention(nn.Module):
         self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
         self.attn_drop = attn_drop
-        self.resid_dropout = nn.Dropout(resid_drop)
+        self.resid_dropout = Dropout(resid_drop)
 
     def forward(self, x, rope, cache: KVCache | None = None, pos: int = 0):
         B, N, D = x.shape
         q, k, v = self.wqkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).unbind(2)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        # CPU attention runs in fp32 anyway: rotated low-precision q, k stay fp32 rather than round-trip
+        wide = torch.promote_types(q.dtype, torch.float32) if cache is None and x.device.type == "cpu" else None
+        q, k = apply_rope(q, rope, wide), apply_rope(k, rope, wide)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
         p = self.attn_drop if self.training else 0.0
         if cache is None:
             out = attention(q, k, v, True, dropout=p)
         else:  # decoding N new tokens at positions pos..pos+N-1 against everything cached so far
             k, v = cache.update(pos, k, v)
-            mask = torch.ones(N, pos + N, dtype=torch.bool, device=x.device).tril(pos)
+            # one new token sees every cached one: no mask needed (an all-True mask adds exact zeros)
+            mask = None if N == 1 else torch.ones(N, pos + N, dtype=torch.bool, device=x.device).tril(pos)
             out = attention(q, k.to(q.dtype), v.to(q.dtype), mask=mask)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(B, N, D)))
 
