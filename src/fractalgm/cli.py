@@ -1,4 +1,4 @@
-"""The `fractalgm` command line: train | sample | inpaint | nll | info | convert."""
+"""The `fractalgm` command line: train | sample | inpaint | nll | eval | info | convert."""
 from __future__ import annotations
 
 import argparse
@@ -81,6 +81,9 @@ def cmd_sample(args):
 
     model = _load_model(args)
     cfg = model.config
+    if args.out.endswith(".npz"):  # samples at scale, ADM format, resumable, one share per torchrun rank
+        from .evaluate.samples import run_sample_npz
+        return run_sample_npz(args, model, _sampling_options(args, model))
     labels = _labels(args.labels, cfg.num_classes)
     if labels is not None:
         labels = torch.tensor(labels).repeat_interleave(args.per_label)
@@ -237,37 +240,19 @@ def cmd_inpaint(args):
 
 # ---------------------------------------------------------------------------- nll
 def cmd_nll(args):
-    from tqdm import tqdm
-
     from .data import check_images, load_dataset
+    from .evaluate.likelihood import dataset_bpd
 
     model = _load_model(args)
     data = load_dataset(args.data, args.split, data_dir=args.data_dir, image_size=model.config.image_size)
     check_images(data, model.config.channels, model.config.image_size)
     n = min(len(data), args.limit) if args.limit else len(data)
-    g = torch.Generator(model.device).manual_seed(args.seed)
-    exact = args.exact or model.is_exact
-    nats, var = [], []
-    with tqdm(total=n, unit="img", desc="exact nll" if exact else f"nll ({args.passes} passes)") as bar:
-        for i in range(0, n, args.batch_size):
-            x = data.images[i:min(i + args.batch_size, n)].to(model.device)
-            y = data.labels[i:i + len(x)].to(model.device) if args.conditional else None
-            r = model.nll(x, y, passes=args.passes, exact=args.exact, order=args.order, generator=g)
-            nats.append(r.nats)
-            if r.stderr is not None:
-                var.append(r.stderr**2 * args.passes)  # per-image variance of one pass
-            bar.update(len(x))
-            bar.set_postfix(bpd=f"{float(torch.cat(nats).mean()) / (model.config.num_dims * math.log(2)):.4f}")
-    nats = torch.cat(nats)
-    per_dim = model.config.num_dims * math.log(2)
-    bpd = float(nats.mean()) / per_dim
-    # standard error of the dataset mean: image-to-image spread (+ the masking noise it contains)
-    se = float(nats.std() / math.sqrt(len(nats))) / per_dim if len(nats) > 1 else float("nan")
-    kind = "exact" + (f" ({args.order} order)" if not model.is_exact else "") if exact else \
-        f"random-masking estimate, {args.passes} pass(es)"
-    result = {"bpd": bpd, "stderr": se, "images": len(nats), "split": args.split, "kind": kind,
-              "conditional": args.conditional, "model": args.preset or args.model}
-    print(f"{bpd:.4f} ± {se:.4f} bits/dim over {len(nats)} {args.split} images ({kind})")
+    r = dataset_bpd(model, data.images[:n], data.labels[:n] if args.conditional else None,
+                    batch_size=args.batch_size, passes=args.passes, exact=args.exact, order=args.order, seed=args.seed)
+    result = {"bpd": r["bpd"], "stderr": r["stderr"], "masking_stderr": r["masking_stderr"], "images": n,
+              "split": args.split, "kind": r["kind"], "conditional": args.conditional,
+              "model": args.preset or args.model}
+    print(f"{r['bpd']:.4f} ± {r['stderr']:.4f} bits/dim over {n} {args.split} images ({r['kind']})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
@@ -366,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     s.add_argument("--labels", help="comma-separated class ids, or 'all'; omit for unconditional samples")
     s.add_argument("--per-label", type=int, default=8, help="samples per label (one column per label)")
-    s.add_argument("--num-images", type=int, default=16, help="unconditional samples when no labels")
+    s.add_argument("--num-images", type=int, default=16, help="unconditional samples when no labels "
+                   "(with --out X.npz: the total, class-balanced for conditional models)")
+    s.add_argument("--batch-size", type=int, default=64, help="with --out X.npz: images per sampling batch")
     sampling_args(s)
     s.add_argument("--out", default="samples.png")
     s.add_argument("--save-each", help="also write each image to this folder")
@@ -417,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preset")
     i.add_argument("--list", action="store_true")
     i.set_defaults(fn=cmd_info)
+
+    from .cli_eval import add_parser as add_eval_parser
+    add_eval_parser(sub)
 
     c = sub.add_parser("convert", help="reference .pth → model folder", description=(
         "Convert a checkpoint of the reference implementation (LTH14/fractalgen) into a model folder."))

@@ -307,15 +307,11 @@ class Trainer:
     @torch.no_grad()
     def validate(self, model: FractalGen) -> float:
         """Validation bpd of the EMA weights on a fixed subset with fixed masks (comparable over time)."""
-        data = self.val_set
-        n = min(len(data), self.cfg.val_images)
-        gen = torch.Generator(device=self.device).manual_seed(1234)
-        total = 0.0
-        for i in range(0, n, 250):
-            x = data.images[i:min(i + 250, n)].to(self.device)
-            with self.autocast:
-                total += float(model.nll(x, generator=gen).bpd.sum())
-        return total / n
+        from .evaluate.likelihood import dataset_bpd
+
+        n = min(len(self.val_set), self.cfg.val_images)
+        return dataset_bpd(model, self.val_set.images[:n], batch_size=250, seed=1234, autocast=self.autocast,
+                           progress=False)["bpd"]
 
     @torch.no_grad()
     def write_samples(self, model: FractalGen):
