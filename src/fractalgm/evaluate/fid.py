@@ -7,6 +7,7 @@ name) and `num_images`; files without `extractor` (the reference's) are Inceptio
 from __future__ import annotations
 
 from dataclasses import dataclass
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -66,7 +67,8 @@ class FeatureStats:
 
 
 def _sqrtm(matrix: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):  # a singular product gives inf/nan: handled by the caller
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # singular products: handled by the caller
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
         out = linalg.sqrtm(matrix)
     return out[0] if isinstance(out, tuple) else out  # older SciPy returns (sqrtm, error) with disp=False
 
