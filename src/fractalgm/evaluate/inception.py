@@ -8,7 +8,9 @@ torchvision's, so that file's state_dict loads unchanged. Preprocessing follows 
 bilinear resize to 299×299 (align_corners=False), scale to [-1, 1]. Features are the 2048-d
 final average pool; logits are the 1008-way `fc` output (Inception Score).
 
-The weights are not available offline: pass their path (`--inception-weights PATH`).
+The weights are not available offline: pass their path (`--inception-weights PATH`). Why not use
+those libraries: both import torchvision for this network (pytorch-fid 0.3 in `inception.py`,
+torch-fidelity 0.4 in `feature_extractor_inceptionv3.py`), which this project cannot depend on.
 """
 from __future__ import annotations
 

@@ -142,7 +142,10 @@ def run_sample_npz(args, model, options: dict) -> Path | None:
     for unconditional samples. Joins the torchrun process group when launched by torchrun."""
     from ..train import init_distributed
 
-    init_distributed()
+    _, world, local_rank = init_distributed()
+    if world > 1 and model.device.type == "cuda":  # one GPU per rank
+        torch.cuda.set_device(local_rank)
+        model = model.to(torch.device("cuda", local_rank))
     options = {k: v for k, v in options.items() if k != "generator"}  # per-batch seeds instead
     text = getattr(args, "labels", None)
     conditional = model.config.num_classes > 0 and text != "none"
