@@ -143,10 +143,32 @@ def levels_section(args, fm, ref, ext, figs: Path) -> list[str]:
         out.append(f"| `{r['name']}` | {levels} | {r['params']:,} | {r['gflops']:.2f} | {fmt(r['train_images_per_s'], '.1f')} | "
                    f"{r['steps']} | {r['bpd']:.3f} ± {r['bpd_stderr']:.3f} | {r['fid']:.2f} | {r['precision']:.3f} | "
                    f"{r['recall']:.3f} |")
-    out += ["", "bits/dim: " + "; ".join(sorted({r["bpd_kind"] for r in rows})) + ".", ""]
+    out += ["", "bits/dim: " + "; ".join(sorted({r["bpd_kind"] for r in rows})) + ".", ""] + levels_verdict(rows)
     _levels_plot(rows, figs / "levels.png")
     out += [f"![levels: cost against quality]({figs.name}/levels.png)", ""]
     return out
+
+
+def levels_verdict(rows) -> list[str]:
+    """Does 'more levels are cheaper and better' hold in these measurements? Said per generator kind."""
+    out = []
+    for kind in ("ar", "mar"):
+        mine = sorted((r for r in rows if r["name"].endswith("_" + kind)), key=lambda r: r["name"])
+        if len(mine) < 2:
+            continue
+        def monotone(key, lower_is_better=True):
+            vals = [r[key] for r in mine]
+            return all((b < a) if lower_is_better else (b > a) for a, b in zip(vals, vals[1:]))
+        cheaper = monotone("gflops")
+        bpd, fid_ = monotone("bpd"), monotone("fid")
+        verdict = "holds" if cheaper and bpd and fid_ else "does not fully hold"
+        out.append(f"* {kind.upper()}, 2 → 3 → 4 levels: GFLOPs/img "
+                   + " → ".join(f"{r['gflops']:.2f}" for r in mine) + ", bits/dim "
+                   + " → ".join(f"{r['bpd']:.3f}" for r in mine) + ", FID " + " → ".join(f"{r['fid']:.1f}" for r in mine)
+                   + f": each extra level is {'always' if cheaper else 'not always'} cheaper, "
+                   f"{'always' if bpd else 'not always'} better in bits/dim and {'always' if fid_ else 'not always'} "
+                   f"better in FID; the paper's claim {verdict} here at this budget.")
+    return out + [""]
 
 
 def _levels_plot(rows, path):

@@ -2,7 +2,7 @@
 
 A small VGG-style CNN (two conv blocks with batch norm, a 128-d penultimate layer), trained by
 `benchmarks/train_classifier.py` with a fixed seed; its weights ship with the package
-(`weights/fmnist_classifier.safetensors`, 0.5 MB) next to a JSON card with its test accuracy and the
+(`weights/fmnist_classifier.safetensors`, 1.9 MB) next to a JSON card with its test accuracy and the
 command that made it. Its penultimate activations are the features of the "Fréchet LeNet distance"
 (FLD/"FID with a LeNet") convention for MNIST-like data: numbers computed with it compare only with
 numbers computed with it.
