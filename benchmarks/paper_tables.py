@@ -45,6 +45,9 @@ from fractalgm.viz import save_grid
 
 LEVEL_PRESETS = [f"ablation_{n}level_{k}" for n in (2, 3, 4) for k in ("ar", "mar")]
 ORDERS = ("rgb", "grb", "bgr")
+ALL_SECTIONS = ("levels", "armar", "channels", "guidance")
+SECTION_TITLES = {"levels": "1. Levels (Table 2)", "armar": "2. AR against MAR (Table 5)",
+                  "channels": "3. Channel order (Table 6)", "guidance": "4. Guidance"}
 
 
 # ---------------------------------------------------------------------------- training
@@ -258,6 +261,16 @@ def guidance_section(args, fm, ref, ext, figs: Path) -> list[str]:
             f"![guidance sweep]({figs.name}/guidance.png)", ""]
 
 
+def budgets(args, sections) -> str:
+    parts = []
+    if set(sections) & {"levels", "armar", "channels"}:
+        parts.append(f"training {args.minutes:g} min of wall clock per model (batch {args.batch_size}); bits/dim on "
+                     f"{args.nll_images} test images ({args.passes} random-masking passes for MAR, AR exact)")
+    parts.append(f"{args.samples} samples per model or setting (MAR steps per level {args.num_iter})")
+    parts.append(f"FID reference: up to {args.ref_images} real images")
+    return "; ".join(parts) + "."
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -280,6 +293,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     sections = args.sections.split(",")
+    unknown = set(sections) - set(ALL_SECTIONS)
+    if unknown:
+        p.error(f"unknown sections {sorted(unknown)}; choose from {','.join(ALL_SECTIONS)}")
     results = Path(args.results)
     figs = results.with_suffix("")
     figs.mkdir(parents=True, exist_ok=True)
@@ -303,11 +319,13 @@ def main(argv=None):
             f"on {platform.machine()} with {os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), "
             f"torch {torch.__version__}; the last run of the command took {(time.time() - t0) / 60:.1f} min "
             f"(cached parts excluded).", "",
-            "**Budgets:** " + f"training {args.minutes:g} min per model (batch {args.batch_size}); {args.samples} samples "
-            f"per model or setting (MAR steps {args.num_iter}); bits/dim on {args.nll_images} test images "
-            f"({args.passes} random-masking passes for MAR, AR exact); FID/PRDC reference {args.ref_images} images. "
-            "Numbers from different extractors are not comparable; FIDs on a few hundred samples are biased upwards.",
-            ""]
+            "**Budgets:** " + budgets(args, sections) + " Numbers from different extractors are not comparable; "
+            "FIDs on a few hundred samples are biased upwards (compare settings at equal sample counts only); "
+            "precision/recall/density/coverage use as many real images (a fixed random subset) as samples.", ""]
+    missing = [s for s in ALL_SECTIONS if s not in sections]
+    if missing:
+        head += [f"Not measured in this run: {', '.join(SECTION_TITLES[s] for s in missing)} "
+                 f"(`--sections {','.join(missing)}`).", ""]
     results.write_text("\n".join(head + body) + "\n")
     print(f"wrote {results} ({(time.time() - t0) / 60:.1f} min)")
 

@@ -49,8 +49,12 @@ def sample_quality(images: torch.Tensor, labels: torch.Tensor | None, extractor:
            "is": is_mean, "is_std": is_std, "is_splits": splits,
            "is_kind": "Inception Score" if extractor.name == "inception-v3" else f"classifier score ({extractor.name} logits)"}
     if reference.features is not None:
-        out.update(prdc(reference.features, feats))
-        out["prdc_k"] = 3
+        real = reference.features
+        if len(real) > len(feats):  # equal set sizes, as the k-NN manifold papers: recall/coverage depend on them
+            keep = np.random.default_rng(0).choice(len(real), size=len(feats), replace=False)
+            real = real[np.sort(keep)]
+        out.update(prdc(real, feats))
+        out.update(prdc_k=3, prdc_real_images=len(real))
     if labels is not None and judges_fashion(images, num_classes):
         from .classifier import load_classifier
 
