@@ -1,4 +1,4 @@
-"""The `fractalgm` command line: train | sample | inpaint | nll | info | convert.
+"""The `fractalgm` command line: train | sample | inpaint | nll | eval | info | convert | prepare | serve.
 
 Each flag's type checks its range (validate.py), and outputs are checked before the work starts
 (cli_common.py), so a bad input fails at once with a one-line message naming the flag and the value.
@@ -80,6 +80,9 @@ def cmd_sample(args):
     model = _load_model(args)
     cfg = model.config
     _check_sampling(args, model)
+    if args.out.endswith(".npz"):  # samples at scale, ADM format, resumable, one share per torchrun rank
+        from .evaluate.samples import run_sample_npz
+        return run_sample_npz(args, model, _sampling_options(args, model))
     labels = _labels(args.labels, cfg.num_classes)
     if labels is not None:
         labels = torch.tensor(labels).repeat_interleave(args.per_label)
@@ -242,10 +245,9 @@ def cmd_inpaint(args):
 
 # ---------------------------------------------------------------------------- nll
 def cmd_nll(args):
-    from tqdm import tqdm
-
-    from .data import check_images, take
+    from .data import check_images
     from .data.cli_args import open_for_model
+    from .evaluate.likelihood import dataset_bpd
 
     if args.json:
         check_output_file(args.json, "--json")
@@ -253,29 +255,12 @@ def cmd_nll(args):
     data = open_for_model(args, args.split, model.config.channels, model.config.image_size)
     check_images(data, model.config.channels, model.config.image_size)
     n = min(len(data), args.limit) if args.limit else len(data)
-    g = torch.Generator(model.device).manual_seed(args.seed)
-    exact = args.exact or model.config.is_exact
-    nats, var = [], []
-    with tqdm(total=n, unit="img", desc="exact nll" if exact else f"nll ({args.passes} passes)") as bar:
-        for i in range(0, n, args.batch_size):
-            x, y = take(data, i, min(i + args.batch_size, n))
-            x, y = x.to(model.device), y.to(model.device) if args.conditional else None
-            r = model.nll(x, y, passes=args.passes, exact=args.exact, order=args.order, generator=g)
-            nats.append(r.nats)
-            if r.stderr is not None:
-                var.append(r.stderr**2 * args.passes)  # per-image variance of one pass
-            bar.update(len(x))
-            bar.set_postfix(bpd=f"{float(torch.cat(nats).mean()) / (model.config.num_dims * math.log(2)):.4f}")
-    nats = torch.cat(nats)
-    per_dim = model.config.num_dims * math.log(2)
-    bpd = float(nats.mean()) / per_dim
-    # standard error of the dataset mean: image-to-image spread (+ the masking noise it contains)
-    se = float(nats.std() / math.sqrt(len(nats))) / per_dim if len(nats) > 1 else float("nan")
-    kind = "exact" + (f" ({args.order} order)" if not model.config.is_exact else "") if exact else \
-        f"random-masking estimate, {args.passes} pass(es)"
-    result = {"bpd": bpd, "stderr": se, "images": len(nats), "split": args.split, "kind": kind,
-              "conditional": args.conditional, "model": args.preset or args.model}
-    print(f"{bpd:.4f} ± {se:.4f} bits/dim over {len(nats)} {args.split} images ({kind})")
+    r = dataset_bpd(model, data, conditional=args.conditional, limit=n, batch_size=args.batch_size,
+                    passes=args.passes, exact=args.exact, order=args.order, seed=args.seed)
+    result = {"bpd": r["bpd"], "stderr": r["stderr"], "masking_stderr": r["masking_stderr"], "images": n,
+              "split": args.split, "kind": r["kind"], "conditional": args.conditional,
+              "model": args.preset or args.model}
+    print(f"{r['bpd']:.4f} ± {r['stderr']:.4f} bits/dim over {n} {args.split} images ({r['kind']})")
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=2))
     return result
@@ -350,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-label", type=POSITIVE_INT.parse, default=8,
                    help="samples per label, one column per label (default: 8)")
     s.add_argument("--num-images", type=POSITIVE_INT.parse, default=16,
-                   help="unconditional samples when no --labels (default: 16)")
+                   help="unconditional samples when no --labels; with --out X.npz the total, class-balanced for "
+                   "conditional models (default: 16)")
+    s.add_argument("--batch-size", type=POSITIVE_INT.parse, default=64,
+                   help="with --out X.npz: images per sampling batch (default: 64)")
     sampling_args(s)
     s.add_argument("--out", default="samples.png", help="the PNG (or other image file) to write (default: samples.png)")
     s.add_argument("--save-each", help="also write each image to this folder (default: none)")
@@ -413,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the preset to describe, one of: {presets} (default: list them)")
     i.add_argument("--list", action="store_true", help="list presets and shipped models (default: off)")
     i.set_defaults(fn=cmd_info)
+
+    from .cli_eval import add_parser as add_eval_parser
+    add_eval_parser(sub)
 
     c = sub.add_parser("convert", help="reference .pth → model folder", description=(
         "Convert a checkpoint of the reference implementation (LTH14/fractalgen) into a model folder."))

@@ -291,20 +291,13 @@ class Trainer(Checkpointing):
         """Validation bpd of the EMA weights on a fixed subset with fixed masks (comparable over time).
 
         None when `deadline` (time.time()) passes or a stop signal arrives before the end."""
-        data = self.val_set
-        n = min(len(data), self.cfg.val_images)
-        gen = torch.Generator(device=self.device).manual_seed(1234)
-        total = 0.0
+        from .evaluate.likelihood import dataset_bpd
+
         with self._rng_kept():
-            for i in range(0, n, 250):
-                if time.time() > deadline or self.stop.requested:
-                    return None
-                x = take(data, i, min(i + 250, n))[0].to(self.device)
-                with self.autocast:
-                    total += float(model.nll(x, passes=self.cfg.val_passes, generator=gen).bpd.sum())
-                if bar is not None:
-                    bar.update(len(x))
-        return total / n
+            r = dataset_bpd(model, self.val_set, limit=self.cfg.val_images, batch_size=250, seed=1234,
+                            passes=self.cfg.val_passes, autocast=self.autocast, bar=bar, progress=False,
+                            should_stop=lambda: time.time() > deadline or self.stop.requested)
+        return None if r is None else r["bpd"]
 
     @torch.no_grad()
     def write_samples(self, model: FractalGen, deadline: float = math.inf, bar=None) -> bool:

@@ -1,0 +1,167 @@
+"""`fractalgm eval`: likelihood, sample quality over a guidance sweep, and cost, in one report.
+
+    fractalgm eval --model fmnist-mar --num-samples 1000 --cfg 1,1.5,2,3 --temperature 1.0 --out eval/
+
+writes eval/eval.json, eval/eval.md (tables), eval/guidance.png (FID, IS, precision, recall against
+cfg, one line per temperature) and the samples of each setting as ADM-format .npz (resumable).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def add_parser(subparsers):
+    e = subparsers.add_parser("eval", help="bits/dim, FID/IS/precision/recall over a guidance sweep, cost",
+                              description=__doc__.split("\n\n")[0])
+    e.add_argument("--model", default="fmnist-mar", help="model folder or shipped model name")
+    e.add_argument("--preset", help="an untrained preset instead of --model (for testing)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--out", default="eval", help="output folder (eval.json, eval.md, guidance.png, samples)")
+    src = e.add_argument_group("samples")
+    src.add_argument("--samples", help="evaluate this ADM-format .npz (arr_0 uint8 NHWC, arr_1 labels) instead "
+                     "of generating")
+    src.add_argument("--num-samples", type=int, default=1000, help="samples per setting (default 1000)")
+    src.add_argument("--batch-size", type=int, default=100)
+    src.add_argument("--unconditional", action="store_true", help="sample without labels")
+    src.add_argument("--cfg", default="1.0", help="guidance scale(s), e.g. 1,1.5,2,3")
+    src.add_argument("--temperature", default="1.0", help="temperature(s), e.g. 0.9,1.0")
+    src.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
+    src.add_argument("--num-iter", help="MAR steps per level, e.g. 49,16")
+    src.add_argument("--filter-threshold", type=float, default=1e-4)
+    src.add_argument("--seed", type=int, default=0)
+    ref = e.add_argument_group("reference and features")
+    ref.add_argument("--extractor", help="fmnist-classifier, efficientnet-lite0 or inception-v3 (default: the "
+                     "classifier for 28×28 grayscale, else efficientnet-lite0)")
+    ref.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (for --extractor inception-v3)")
+    ref.add_argument("--ref-stats", help="reference statistics .npz (mu, sigma; the ADM/reference format) "
+                     "instead of computing them from --data")
+    ref.add_argument("--save-ref-stats", help="also write the reference statistics computed from --data here")
+    ref.add_argument("--data", help="reference / likelihood dataset (default fashion_mnist; see `fractalgm nll`)")
+    ref.add_argument("--data-dir")
+    ref.add_argument("--split", default="test")
+    ref.add_argument("--ref-images", type=int, help="only the first N reference images (default all)")
+    nll = e.add_argument_group("likelihood")
+    nll.add_argument("--nll-images", type=int, default=1000, help="test images for bits/dim (0: skip)")
+    nll.add_argument("--passes", type=int, default=4, help="random-masking passes for MAR (estimate ± stderr)")
+    nll.add_argument("--exact", action="store_true", help="also the exact NLL of MAR under a fixed random order "
+                     "(one forward per token; slow on CPU)")
+    nll.add_argument("--nll-batch-size", type=int, default=100)
+    e.add_argument("--no-cost", action="store_true", help="skip the cost measurement")
+    e.set_defaults(fn=run)
+    return e
+
+
+def _settings(args) -> list[tuple[float, float]]:
+    cfgs, temps = _floats(args.cfg), _floats(args.temperature)
+    if args.samples and len(cfgs) * len(temps) > 1:
+        raise ValueError("--samples evaluates one file: give a single --cfg and --temperature (they label it)")
+    return [(c, t) for t in temps for c in cfgs]
+
+
+def run(args):
+    from .cli import _load_model
+    from .data import check_images, load_dataset
+    from .evaluate.extractors import default_extractor, get_extractor
+    from .evaluate.likelihood import dataset_bpd
+    from .evaluate.quality import Reference, sample_quality
+    from .evaluate.report import plot_guidance, write_markdown
+    from .evaluate.samples import generate_samples_npz, load_samples_npz
+
+    settings = _settings(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = _load_model(args)
+    cfg = model.config
+    name = args.extractor or default_extractor(cfg.channels, cfg.image_size)
+    extractor = get_extractor(name, device=model.device, **({"weights": args.inception_weights}
+                                                            if name == "inception-v3" else {}))
+    data = None
+    if args.data or not args.ref_stats or args.nll_images:
+        data = load_dataset(args.data or "fashion_mnist", args.split, data_dir=args.data_dir,
+                            image_size=cfg.image_size)
+        check_images(data, cfg.channels, cfg.image_size)
+    report = {"model": args.preset or args.model, "extractor": extractor.name, "settings": []}
+
+    if args.nll_images:
+        n = min(args.nll_images, len(data))
+        report["likelihood"] = {"estimate" if not model.config.is_exact else "exact": _strip(dataset_bpd(
+            model, data.images[:n], batch_size=args.nll_batch_size, passes=args.passes, seed=args.seed))}
+        if args.exact and not model.config.is_exact:
+            report["likelihood"]["exact"] = _strip(dataset_bpd(model, data.images[:n], batch_size=args.nll_batch_size,
+                                                               exact=True, seed=args.seed))
+        report["likelihood"]["split"] = args.split
+
+    ref_images = None
+    if data is not None and (args.data or not args.ref_stats):
+        ref_images = data.images[:args.ref_images] if args.ref_images else data.images
+        reference = Reference.from_images(ref_images, extractor, f"{data.name} {args.split} ({len(ref_images)} images)",
+                                          progress=True)
+        if args.save_ref_stats:
+            reference.stats.save(args.save_ref_stats)
+        if args.ref_stats:  # FID against the given statistics, PRDC against the data's features
+            reference = Reference.from_stats(args.ref_stats, extractor, reference.features)
+    else:
+        reference = Reference.from_stats(args.ref_stats, extractor)
+    report["reference"] = reference.source
+
+    conditional = cfg.num_classes > 0 and not args.unconditional
+    num_iter = [int(v) for v in args.num_iter.split(",")] if args.num_iter else None
+    for cfg_scale, temperature in settings:
+        if args.samples:
+            images, labels = load_samples_npz(args.samples)
+            path = Path(args.samples)
+        else:
+            path = out / f"samples_cfg{cfg_scale:g}_temp{temperature:g}_n{args.num_samples}_seed{args.seed}.npz"
+            if not path.exists():
+                generate_samples_npz(model, path, args.num_samples, batch_size=args.batch_size, conditional=conditional,
+                                     seed=args.seed, num_iter=num_iter, cfg=cfg_scale if conditional else 1.0,
+                                     cfg_schedule=args.cfg_schedule, temperature=temperature,
+                                     filter_threshold=args.filter_threshold)
+            images, labels = load_samples_npz(path)
+        row = {"cfg": cfg_scale, "temperature": temperature, "samples_file": str(path),
+               **sample_quality(images, labels, extractor, reference, num_classes=cfg.num_classes)}
+        report["settings"].append(row)
+        print(_summary(row))
+    best = min(report["settings"], key=lambda r: r["fid"])
+    report["recommended"] = {"cfg": best["cfg"], "temperature": best["temperature"], "by": "lowest FID",
+                             "fid": best["fid"]}
+    if not args.no_cost:
+        from .evaluate.cost import measure_cost
+
+        report["cost"] = measure_cost(model, sampling={"num_iter": num_iter, "cfg": best["cfg"],
+                                                       "temperature": best["temperature"]})
+    (out / "eval.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    write_markdown(report, out / "eval.md")
+    if len(settings) > 1:
+        plot_guidance(report["settings"], out / "guidance.png", title=f"{report['model']} ({extractor.name})")
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}" + (f" and {out / 'guidance.png'}" if len(settings) > 1 else ""))
+    return report
+
+
+def _strip(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "bpd_per_image"}
+
+
+def _summary(row: dict) -> str:
+    parts = [f"cfg {row['cfg']:g} temperature {row['temperature']:g}: FID {row['fid']:.3f}",
+             f"{'IS' if row['extractor'] == 'inception-v3' else 'classifier score'} {row['is']:.3f}"]
+    if "precision" in row:
+        parts.append(f"precision {row['precision']:.3f} recall {row['recall']:.3f} density {row['density']:.3f} "
+                     f"coverage {row['coverage']:.3f}")
+    if "class_accuracy" in row:
+        parts.append(f"class accuracy {row['class_accuracy']:.1%}")
+    return ", ".join(parts) + f" [{row['extractor']}, {row['samples']} samples]"
