@@ -46,7 +46,9 @@ def _check_sampling(args, model):
     if args.num_iter is not None and len(args.num_iter) not in (1, levels):
         raise ValueError(f"--num-iter needs one value or one per level ({levels}), got "
                          f"{','.join(map(str, args.num_iter))}")
-    if args.cfg != 1.0 and getattr(args, "labels", getattr(args, "label", None)) in (None, "none"):
+    labelled = getattr(args, "labels", getattr(args, "label", None)) not in (None, "none") or \
+        (str(getattr(args, "out", "")).endswith(".npz") and model.config.num_classes > 0)  # .npz: balanced labels
+    if args.cfg != 1.0 and not labelled:
         raise ValueError(f"--cfg {args.cfg:g}: classifier-free guidance needs labels (give --labels / --label, "
                          "or --cfg 1)")
     if args.animate:
@@ -74,7 +76,10 @@ def _load_model(args):
 
 # ---------------------------------------------------------------------------- sample
 def cmd_sample(args):
-    check_output_image(args.out)
+    if args.out.endswith(".npz"):
+        check_output_file(args.out, "--out", {".npz"}, kind="sample file")
+    else:
+        check_output_image(args.out)
     if args.save_each:
         check_output_folder(args.save_each, "--save-each")
     model = _load_model(args)
@@ -340,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=POSITIVE_INT.parse, default=64,
                    help="with --out X.npz: images per sampling batch (default: 64)")
     sampling_args(s)
-    s.add_argument("--out", default="samples.png", help="the PNG (or other image file) to write (default: samples.png)")
+    s.add_argument("--out", default="samples.png", help="the PNG (or other image file) to write, or an ADM-format .npz "
+                   "of --num-images samples for evaluation (default: samples.png)")
     s.add_argument("--save-each", help="also write each image to this folder (default: none)")
     s.set_defaults(fn=cmd_sample)
 
