@@ -13,60 +13,65 @@ from pathlib import Path
 
 import torch
 
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}")
-    return values
+from .presets import list_presets
+from .validate import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, NumberList,
+                       parse_device)
 
 
 def add_parser(subparsers):
     e = subparsers.add_parser("eval", help="bits/dim, FID/IS/precision/recall over a guidance sweep, cost",
                               description=__doc__.split("\n\n")[0])
-    e.add_argument("--model", default="fmnist-mar", help="model folder or shipped model name")
-    e.add_argument("--preset", help="an untrained preset instead of --model (for testing)")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--out", default="eval", help="output folder (eval.json, eval.md, guidance.png, samples)")
+    e.add_argument("--model", default="fmnist-mar", help="model folder or shipped model name (default: fmnist-mar)")
+    e.add_argument("--preset", choices=list_presets(), metavar="PRESET", help="an untrained preset instead of "
+                   f"--model (for testing), one of: {', '.join(list_presets())} (default: none)")
+    e.add_argument("--device", default="auto", type=parse_device, help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+    e.add_argument("--out", default="eval", help="output folder: eval.json, eval.md, guidance.png, samples "
+                   "(default: eval)")
     src = e.add_argument_group("samples")
     src.add_argument("--samples", help="evaluate this ADM-format .npz (arr_0 uint8 NHWC, arr_1 labels) instead "
-                     "of generating")
-    src.add_argument("--num-samples", type=int, default=1000, help="samples per setting (default 1000)")
-    src.add_argument("--batch-size", type=int, default=100)
-    src.add_argument("--unconditional", action="store_true", help="sample without labels")
-    src.add_argument("--cfg", default="1.0", help="guidance scale(s), e.g. 1,1.5,2,3")
-    src.add_argument("--temperature", default="1.0", help="temperature(s), e.g. 0.9,1.0")
-    src.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
-    src.add_argument("--num-iter", help="MAR steps per level, e.g. 49,16")
-    src.add_argument("--filter-threshold", type=float, default=1e-4)
-    src.add_argument("--seed", type=int, default=0)
+                     "of generating (default: generate)")
+    src.add_argument("--num-samples", type=POSITIVE_INT.parse, default=1000, help="samples per setting (default 1000)")
+    src.add_argument("--batch-size", type=POSITIVE_INT.parse, default=100, help="images per sampling batch (default 100)")
+    src.add_argument("--unconditional", action="store_true", help="sample without labels (default: off)")
+    src.add_argument("--cfg", type=NumberList(NON_NEGATIVE).parse, default=(1.0,),
+                     help="guidance scale(s), e.g. 1,1.5,2,3 (default: 1)")
+    src.add_argument("--temperature", type=NumberList(POSITIVE).parse, default=(1.0,),
+                     help="temperature(s), e.g. 0.9,1.0 (default: 1)")
+    src.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"],
+                     help="guidance over the steps (default: constant)")
+    src.add_argument("--num-iter", type=NumberList(POSITIVE_INT).parse, metavar="N[,N…]",
+                     help="MAR steps per level, e.g. 16,8 (default: one per token, ≤ 64)")
+    src.add_argument("--filter-threshold", type=FRACTION.parse, default=1e-4,
+                     help="the guidance filter threshold, in [0, 1] (default: 1e-4)")
+    src.add_argument("--seed", type=SEED.parse, default=0, help="random seed (default: 0)")
     ref = e.add_argument_group("reference and features")
     ref.add_argument("--extractor", help="fmnist-classifier, efficientnet-lite0 or inception-v3 (default: the "
                      "classifier for 28×28 grayscale, else efficientnet-lite0)")
-    ref.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (for --extractor inception-v3)")
+    ref.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (for --extractor "
+                     "inception-v3) (default: none)")
     ref.add_argument("--ref-stats", help="reference statistics .npz (mu, sigma; the ADM/reference format) "
-                     "instead of computing them from --data")
-    ref.add_argument("--save-ref-stats", help="also write the reference statistics computed from --data here")
+                     "instead of computing them from --data (default: none)")
+    ref.add_argument("--save-ref-stats", help="also write the reference statistics computed from --data here "
+                     "(default: none)")
     ref.add_argument("--data", help="reference / likelihood dataset (default fashion_mnist; see `fractalgm nll`)")
-    ref.add_argument("--data-dir")
-    ref.add_argument("--split", default="test")
-    ref.add_argument("--ref-images", type=int, help="only the first N reference images (default all)")
+    ref.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files (default: the Debian package's)")
+    ref.add_argument("--split", default="test", help="dataset split (default: test)")
+    ref.add_argument("--ref-images", type=POSITIVE_INT.parse, help="only the first N reference images (default all)")
     nll = e.add_argument_group("likelihood")
-    nll.add_argument("--nll-images", type=int, default=1000, help="test images for bits/dim (0: skip)")
-    nll.add_argument("--passes", type=int, default=4, help="random-masking passes for MAR (estimate ± stderr)")
+    nll.add_argument("--nll-images", type=NON_NEGATIVE_INT.parse, default=1000,
+                     help="test images for bits/dim (0: skip; default 1000)")
+    nll.add_argument("--passes", type=POSITIVE_INT.parse, default=4,
+                     help="random-masking passes for MAR (estimate ± stderr; default 4)")
     nll.add_argument("--exact", action="store_true", help="also the exact NLL of MAR under a fixed random order "
-                     "(one forward per token; slow on CPU)")
-    nll.add_argument("--nll-batch-size", type=int, default=100)
-    e.add_argument("--no-cost", action="store_true", help="skip the cost measurement")
+                     "(one forward per token; default: off)")
+    nll.add_argument("--nll-batch-size", type=POSITIVE_INT.parse, default=100, help="images per batch (default 100)")
+    e.add_argument("--no-cost", action="store_true", help="skip the cost measurement (default: measure it)")
     e.set_defaults(fn=run)
     return e
 
 
 def _settings(args) -> list[tuple[float, float]]:
-    cfgs, temps = _floats(args.cfg), _floats(args.temperature)
+    cfgs, temps = list(args.cfg), list(args.temperature)
     if args.samples and len(cfgs) * len(temps) > 1:
         raise ValueError("--samples evaluates one file: give a single --cfg and --temperature (they label it)")
     return [(c, t) for t in temps for c in cfgs]
@@ -119,7 +124,7 @@ def run(args):
     report["reference"] = reference.source
 
     conditional = cfg.num_classes > 0 and not args.unconditional
-    num_iter = [int(v) for v in args.num_iter.split(",")] if args.num_iter else None
+    num_iter = list(args.num_iter) if args.num_iter else None
     for cfg_scale, temperature in settings:
         if args.samples:
             images, labels = load_samples_npz(args.samples)

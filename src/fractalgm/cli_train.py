@@ -157,6 +157,7 @@ def run(args):
         last = trainer.fit()
     finally:
         notes()
+    trainer.leave_process_group()
     if last.get("stopped"):
         say(last["message"])
         return last

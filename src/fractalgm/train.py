@@ -175,6 +175,13 @@ class Trainer(Checkpointing):
                               log_path=self.out / DATA_LOG if self.main else None)
         self.steps_per_epoch = self.batch_plan().steps_per_epoch  # optimizer steps
 
+    def leave_process_group(self):
+        """After a finished run under torchrun: wait for rank 0's end-of-run work, then leave together
+        (a rank that exits while the group lives can abort in gloo's teardown and fail the launch)."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def _agree(self, seconds: float) -> float:
         """The slowest rank's value, so every rank follows the same clock-based schedule."""
         if self.world == 1:
