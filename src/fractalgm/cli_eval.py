@@ -21,7 +21,9 @@ from .validate import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSIT
 def add_parser(subparsers):
     e = subparsers.add_parser("eval", help="bits/dim, FID/IS/precision/recall over a guidance sweep, cost",
                               description=__doc__.split("\n\n")[0])
-    e.add_argument("--model", default="fmnist-mar", help="model folder or shipped model name (default: fmnist-mar)")
+    from .cli import DEFAULT_MODEL
+
+    e.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or shipped model name (default: {DEFAULT_MODEL})")
     e.add_argument("--preset", choices=list_presets(), metavar="PRESET", help="an untrained preset instead of "
                    f"--model (for testing), one of: {', '.join(list_presets())} (default: none)")
     e.add_argument("--device", default="auto", type=parse_device, help="cpu, cuda, cuda:N, mps or auto (default: auto)")
