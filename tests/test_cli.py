@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +99,14 @@ def test_torchrun_two_processes(tmp_path):
     assert state["step"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0], state["rng"][1])  # ranks draw different masks
     FractalGen.from_pretrained(run / "model")
+
+
+@needs_fmnist
+def test_console_script_exits_0_and_prints_only_its_report(tmp_path):
+    """The installed `fractalgm` script (what quickstart.sh runs): exit 0, no stray return value."""
+    script = Path(sys.executable).with_name("fractalgm")
+    r = subprocess.run([str(script), "nll", "--preset", "tiny_fmnist", "--limit", "4", "--batch-size", "4",
+                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bits/dim over 4 test images" in r.stdout and "{'bpd'" not in r.stdout + r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["images"] == 4

@@ -206,7 +206,7 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        args.fn(args)  # nothing is returned: the console script would print it and exit 1
     except (NonFiniteLoss, SaveError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
