@@ -102,6 +102,23 @@ def test_torchrun_two_processes(tmp_path):
 
 
 @needs_fmnist
+def test_torchrun_time_budget_ends_every_rank_at_the_same_step(tmp_path):
+    """A --minutes budget under torchrun, with validations that only rank 0 runs: every rank must agree
+    on the clock (and the reserve kept for the final evaluation), else one stops a step early and the
+    other is left in a mismatched collective (gloo: "Received data size doesn't match")."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fractalgm", "train", "--preset", "tiny_fmnist", "--minutes", "0.4", "--batch-size", "4",
+           "--out", str(run), "--amp", "none", "--eval-every", "7", "--val-images", "40", "--log-every", "1",
+           "--save-every", "1000", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert state["step"] == max(steps) > 7  # validated mid-run at least once, then ended together
+
+
+@needs_fmnist
 def test_console_script_exits_0_and_prints_only_its_report(tmp_path):
     """The installed `fractalgm` script (what quickstart.sh runs): exit 0, no stray return value."""
     script = Path(sys.executable).with_name("fractalgm")

@@ -106,13 +106,15 @@ class Trainer(Checkpointing):
             dist.barrier()
             dist.destroy_process_group()
 
-    def _agree(self, seconds: float) -> float:
-        """The slowest rank's value, so every rank follows the same clock-based schedule."""
-        if self.world == 1:
-            return seconds
-        t = torch.tensor([seconds], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return float(t)
+    def _agree(self, *values: float):
+        """The largest value over the ranks (the slowest clock; rank 0's measured reserve), so every rank
+        follows one clock-based schedule, uses the same LR and ends at the same step: a rank that stopped
+        one step early would leave the others in a collective of another shape."""
+        if self.world > 1:
+            t = torch.tensor(values, dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            values = tuple(t.tolist())
+        return values[0] if len(values) == 1 else tuple(values)
 
     # ------------------------------------------------------------------ data
     def batch_plan(self) -> BatchPlan:
@@ -339,12 +341,13 @@ class Trainer(Checkpointing):
             self.log(last)
             self.elapsed += time.time() - t0
             self.reserve = 2 * (time.time() - t0)  # a first guess for validation + samples, measured later
+        self.elapsed, self.reserve = self._agree(self.elapsed, self.reserve)  # rank 0 alone validated
         t_log, imgs_since = time.time(), 0
         stopped = None
         while self.progress < 1.0:
             t0 = time.time()
             rec = self.train_step()
-            self._last_step_s = time.time() - t0
+            self._last_step_s, self.reserve = self._agree(time.time() - t0, self.reserve)
             imgs_since += c.effective_batch * self.world
             done = self._time_progress(self.elapsed + self._last_step_s) >= 1.0 if timed \
                 else self.step >= self.total_steps
