@@ -17,6 +17,21 @@ torch.set_num_threads(1)
 OFFICIAL_KEYS = FIXTURES / "official-keys"
 
 
+def _have_fmnist() -> bool:
+    from fractalgm.data import load_dataset
+
+    try:
+        load_dataset("fashion_mnist", "test")
+        return True
+    except Exception:  # noqa: BLE001 - any loader failure means the data is not installed
+        return False
+
+
+HAVE_FMNIST = _have_fmnist()
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed "
+                                  "(apt-get install dataset-fashion-mnist)")
+
+
 def tiny_config(kinds=("mar", "mar"), sizes=None, channels=3, widths=None, heads=None, **kw) -> FractalConfig:
     """A tiny hierarchy: `sizes` (image sizes, last patch 1) with one generator `kind` per level.
 

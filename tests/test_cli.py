@@ -11,14 +11,8 @@ from PIL import Image
 
 from fractalgm import FractalGen, get_preset
 from fractalgm.cli import main
-from fractalgm.data import load_dataset
 
-try:
-    load_dataset("fashion_mnist", "test")
-    HAVE_FMNIST = True
-except Exception:  # noqa: BLE001 - any loader failure means the data is not installed
-    HAVE_FMNIST = False
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+from conftest import needs_fmnist  # noqa: E402
 
 
 @needs_fmnist

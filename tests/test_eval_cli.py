@@ -12,14 +12,8 @@ from fractalgm import FractalGen, get_preset
 from fractalgm.cli import main
 from fractalgm.evaluate import dataset_bpd, generate_samples_npz, load_samples_npz
 
-try:
-    from fractalgm.data import load_dataset
-
-    load_dataset("fashion_mnist", "test")
-    HAVE_FMNIST = True
-except Exception:  # noqa: BLE001 - any loader failure means the data is not installed
-    HAVE_FMNIST = False
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+from conftest import needs_fmnist  # noqa: E402
+from fractalgm.data import load_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from fractalgm.data import load_dataset
-
-try:
-    load_dataset("fashion_mnist", "test")
-    HAVE_FMNIST = True
-except Exception:  # noqa: BLE001 - any loader failure means the data is not installed
-    HAVE_FMNIST = False
+from conftest import needs_fmnist
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+@needs_fmnist
 def test_three_kills_lose_nothing(tmp_path):
     script = Path(__file__).parents[1] / "benchmarks" / "kill_soak.py"
     out = tmp_path / "soak.json"

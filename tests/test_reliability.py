@@ -16,15 +16,10 @@ import torch
 
 from fractalgm import FractalGen, get_preset
 from fractalgm.cli import main
-from fractalgm.data import ImageDataset, load_dataset
+from fractalgm.data import ImageDataset
 from fractalgm.train import TrainConfig, Trainer
 
-try:
-    load_dataset("fashion_mnist", "test")
-    HAVE_FMNIST = True
-except Exception:  # noqa: BLE001 - any loader failure means the data is not installed
-    HAVE_FMNIST = False
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+from conftest import needs_fmnist  # noqa: E402
 
 T = ["train", "--preset", "tiny_fmnist", "--batch-size", "16", "--val-images", "8", "--log-every", "1",
      "--eval-every", "100000", "--amp", "none", "--no-final-eval"]

@@ -16,13 +16,9 @@ import pytest
 import torch
 
 from fractalgm import FractalGen
-from fractalgm.data import load_dataset
 
-try:
-    load_dataset("fashion_mnist", "test")
-    HAVE_FMNIST = True
-except Exception:  # noqa: BLE001 - any loader failure means the data is not installed
-    HAVE_FMNIST = False
+from conftest import HAVE_FMNIST  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
