@@ -37,7 +37,6 @@ from .train_checkpoint import Checkpointing, NonFiniteLoss, SaveError, describe_
 from .train_config import TrainConfig
 from .train_parts import EMA, autocast_context, init_distributed, lr_at, param_groups, resolve_device  # noqa: F401
 
-LOG = LOG_NAME
 DATA_LOG = "data_issues.tsv"  # skipped / converted input files, one per line
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "SaveError", "EMA", "lr_at", "param_groups", "resolve_device",
@@ -107,14 +106,16 @@ class Trainer(Checkpointing):
             dist.destroy_process_group()
 
     def _agree(self, *values: float):
-        """The largest value over the ranks (the slowest clock; rank 0's measured reserve), so every rank
-        follows one clock-based schedule, uses the same LR and ends at the same step: a rank that stopped
-        one step early would leave the others in a collective of another shape."""
+        """The largest value over the ranks (the slowest clock): every rank follows one schedule and ends
+        at the same step (a rank that stopped early would leave the others in a mismatched collective)."""
         if self.world > 1:
             t = torch.tensor(values, dtype=torch.float64, device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             values = tuple(t.tolist())
         return values[0] if len(values) == 1 else tuple(values)
+
+    def _agreed_reserve(self) -> float:  # as an `_agree` operand: rank 0's, since only rank 0 validates
+        return self.reserve if self.main else -math.inf
 
     # ------------------------------------------------------------------ data
     def batch_plan(self) -> BatchPlan:
@@ -290,7 +291,7 @@ class Trainer(Checkpointing):
         return rec
 
     def log(self, record: dict):
-        with open(self.out / LOG, "a") as f:
+        with open(self.out / LOG_NAME, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _write_run_config(self):
@@ -301,8 +302,8 @@ class Trainer(Checkpointing):
     def _plot(self):
         from .viz import plot_metrics
 
-        if (self.out / LOG).exists():
-            atomic_write(self.out / "loss.png", lambda tmp: plot_metrics(self.out / LOG, tmp))
+        if (self.out / LOG_NAME).exists():
+            atomic_write(self.out / "loss.png", lambda tmp: plot_metrics(self.out / LOG_NAME, tmp))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after: int | None = None) -> dict:
@@ -341,13 +342,13 @@ class Trainer(Checkpointing):
             self.log(last)
             self.elapsed += time.time() - t0
             self.reserve = 2 * (time.time() - t0)  # a first guess for validation + samples, measured later
-        self.elapsed, self.reserve = self._agree(self.elapsed, self.reserve)  # rank 0 alone validated
+        self.elapsed, self.reserve = self._agree(self.elapsed, self._agreed_reserve())  # rank 0 alone validated
         t_log, imgs_since = time.time(), 0
         stopped = None
         while self.progress < 1.0:
             t0 = time.time()
             rec = self.train_step()
-            self._last_step_s, self.reserve = self._agree(time.time() - t0, self.reserve)
+            self._last_step_s = self._agree(time.time() - t0)
             imgs_since += c.effective_batch * self.world
             done = self._time_progress(self.elapsed + self._last_step_s) >= 1.0 if timed \
                 else self.step >= self.total_steps
@@ -369,7 +370,9 @@ class Trainer(Checkpointing):
                 self.save()
                 if self.main:  # re-drawn with each save, not each log: it re-reads the whole log
                     self._plot()
-            self.elapsed += self._agree(time.time() - t0)  # the whole iteration: step, eval, save
+            # the whole iteration (step, eval, save) and the reserve rank 0's eval may have re-measured
+            spent, self.reserve = self._agree(time.time() - t0, self._agreed_reserve())  # the loop reads both
+            self.elapsed += spent
             bar.update(round(self.elapsed) - bar.n if timed else 1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", step=self.step)
             if stop or stopped:
