@@ -113,6 +113,13 @@ def test_plan_child_and_bad_options():
         make_plan(cfg, False, cfg=2.0)
     with pytest.raises(ValueError, match="num_iter"):
         steps_per_level(cfg, [1])
+    with pytest.raises(TypeError, match="whole numbers"):
+        make_plan(cfg, True, num_iter=[2.5, 2])
+    for bad in ({"cfg": float("nan")}, {"temperature": float("inf")}, {"filter_threshold": "0.1"},
+                {"cfg": True}, {"filter_threshold": 1.5}, {"filter_threshold": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            make_plan(cfg, True, **bad)
+    assert make_plan(cfg, True, num_iter=torch.tensor([2, 1]).tolist(), filter_threshold=0).filter_threshold == 0
     model = build(cfg)
     images = random_images(cfg, 2)
     with pytest.raises(ValueError, match="both images and known"):

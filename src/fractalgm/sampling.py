@@ -10,6 +10,8 @@ FractalMAR-H-256 τ = 1.1 is T ≈ 0.909.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -77,6 +79,8 @@ def resolve_num_iter(config: FractalConfig, num_iter: int | Sequence[int] | None
     if isinstance(num_iter, int):
         num_iter = [num_iter] * len(config.levels)
     num_iter = list(num_iter)
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in num_iter):
+        raise TypeError(f"num_iter must be whole numbers, got {num_iter}")
     if len(num_iter) != len(config.levels) or min(num_iter) < 1:
         raise ValueError(f"num_iter needs one positive entry per level ({len(config.levels)})")
     return num_iter
@@ -92,6 +96,11 @@ def make_plan(config: FractalConfig, conditional: bool, *, num_iter: int | Seque
               cfg: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
               filter_threshold: float = 1e-4, generator: torch.Generator | None = None) -> SamplePlan:
     """The top-level plan of `FractalGen.sample`, or a clear error for options that cannot work."""
+    for name, value in (("cfg", cfg), ("temperature", temperature), ("filter_threshold", filter_threshold)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not 0.0 <= filter_threshold <= 1.0:
+        raise ValueError(f"filter_threshold is a probability in [0, 1], got {filter_threshold}")
     if not conditional and cfg != 1.0:
         raise ValueError("classifier-free guidance needs labels (cfg must be 1 without them)")
     if cfg_schedule not in CFG_SCHEDULES:
