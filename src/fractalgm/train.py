@@ -35,7 +35,8 @@ from .runfolder import LOG_NAME, RunLock
 from .stopsignal import StopOnSignal
 from .train_checkpoint import Checkpointing, NonFiniteLoss, SaveError, describe_signal_exit
 from .train_config import TrainConfig
-from .train_parts import EMA, autocast_context, init_distributed, lr_at, param_groups, resolve_device  # noqa: F401
+from .train_parts import (EMA, adamw, autocast_context, init_distributed, lr_at, param_groups,  # noqa: F401
+                          resolve_device)
 
 DATA_LOG = "data_issues.tsv"  # skipped / converted input files, one per line
 
@@ -79,8 +80,7 @@ class Trainer(Checkpointing):
             # is never all-reduced and every rank silently keeps its own gradient
             self.net = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None,
                                                find_unused_parameters=self.model.config.label_drop_prob == 0)
-        self.opt = torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.base_lr(self.world),
-                                     betas=tuple(self.cfg.betas))
+        self.opt = adamw(self.model, self.cfg.weight_decay, self.cfg.base_lr(self.world), self.cfg.betas, self.device)
         self.ema = EMA(self.model, self.cfg.ema_decay)
         self.autocast, self.scaler = autocast_context(self.cfg.amp, self.device)
         self.step = 0
