@@ -123,7 +123,9 @@ def test_a_second_signal_exits_at_once_and_the_checkpoint_survives(tmp_path):
     time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
-    assert proc.returncode in (-signal.SIGINT, 0)  # 0 only if the graceful save won the race
+    # killed by the second signal handled; 0 only if the graceful save won the race. Python runs pending
+    # handlers in signal-number order, so when both arrive before it checks, SIGINT counts as the first
+    assert proc.returncode in (-signal.SIGINT, -signal.SIGTERM, 0)
     saved = torch.load(run / "train_state.pt", weights_only=True)  # intact, whichever save it is
     assert saved["step"] >= 2
     FractalGen.from_pretrained(run / "model")

@@ -18,7 +18,7 @@ from .train_config import BUDGETS, TrainConfig
 from .validate import FRACTION, NON_NEGATIVE, parse_device
 
 # the options that are not TrainConfig fields, with their defaults (saved under "run" in train_config.json)
-RUN_DEFAULTS = {"preset": "fractalmar_fmnist", "data": "fashion_mnist", "data_dir": None, "image_size": None,
+RUN_DEFAULTS = {"preset": "fractalar_fmnist_lite", "data": "fashion_mnist", "data_dir": None, "image_size": None,
                 "channels": None, "skip_bad": False, "recipe": None, "grad_checkpointing": False, "r_weight": None,
                 "label_drop": None, "unconditional": False}
 MODEL_OPTIONS = ("preset", "r_weight", "label_drop", "unconditional")
@@ -33,7 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a preset on a dataset", description=(
         "Train a model. Writes metrics.jsonl, loss.png, sample grids, an EMA model folder and a resumable "
         "train_state.pt into --out. SIGTERM/SIGINT stop after the current step with a save (a second one "
-        "exits at once). Example: fractalgm train --preset fractalmar_fmnist --minutes 60 --out runs/fmnist"))
+        "exits at once). Example: fractalgm train --minutes 20 --out runs/fmnist"))
     t.add_argument("--out", required=True, help="run folder (refused if it holds a run, unless --resume or "
                    "--overwrite)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state.pt; "

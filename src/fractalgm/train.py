@@ -281,7 +281,7 @@ class Trainer(Checkpointing):
                   disable=not self.progress_bar, dynamic_ncols=True) as bar:
             val = self.validate(model, deadline, bar)
             wrote = val is not None and self.write_samples(model, deadline, bar)
-        self.reserve = time.time() - t0
+        self.reserve = 1.25 * (time.time() - t0)  # headroom: the end-of-run evaluation must fit in it
         if val is None:
             return None
         rec = {"step": self.step, "loss": record.get("loss"), "val_bpd": val}
