@@ -13,13 +13,14 @@
 Every budget is an argument and is printed in the results. The run is resumable: each model is
 trained in its own folder (`--resume` semantics), each evaluation is cached as JSON, and sample
 files are resumable, so re-running the same command continues where it stopped. The defaults
-take about two hours on 2 CPU cores:
+(6 min of training per model, 200 samples per model, 500 per guidance setting) take about two
+hours on 2 CPU cores:
 
-    OMP_NUM_THREADS=2 python benchmarks/paper_tables.py --minutes 6 --samples 500 --out runs/paper_tables
+    OMP_NUM_THREADS=2 python benchmarks/paper_tables.py --out runs/paper_tables
 
 A quick end-to-end check (tiny budgets, not results) writes elsewhere:
 
-    python benchmarks/paper_tables.py --minutes 0.05 --samples 20 --nll-images 20 --ref-images 300 \
+    python benchmarks/paper_tables.py --minutes 0.05 --samples 20 --sweep-samples 20 --nll-images 20 --ref-images 300 \
         --sweep-cfg 1,2 --sweep-temperature 1 --out /tmp/pt --results /tmp/pt/results.md
 """
 from __future__ import annotations
@@ -72,34 +73,41 @@ def train(run: Path, config, train_set, args) -> tuple[FractalGen, dict]:
 
 
 # ---------------------------------------------------------------------------- evaluation
-def evaluate(name: str, run: Path, model: FractalGen, test, reference: Reference, extractor, args,
+def evaluate(name: str, run: Path, model: FractalGen, test, reference: Reference, extractor, args, samples: int,
              labels=None, cfg_scale: float = 1.0, temperature: float = 1.0, nll: bool = True) -> dict:
-    """bits/dim on the test split and sample quality, cached in run/eval_<setting>.json."""
-    tag = f"cfg{cfg_scale:g}_temp{temperature:g}_n{args.samples}"
+    """Sample quality of `samples` images (cached in run/eval_<setting>.json) and, with `nll`, test bits/dim."""
+    tag = f"cfg{cfg_scale:g}_temp{temperature:g}_n{samples}"
     cache = run / f"eval_{tag}.json"
     if cache.exists():
-        return json.loads(cache.read_text())
-    row = {"name": name, "cfg": cfg_scale, "temperature": temperature, }
-    if nll:
-        n = min(args.nll_images, len(test))
+        row = json.loads(cache.read_text())
+    else:
+        row = {"name": name, "cfg": cfg_scale, "temperature": temperature}
+        num_iter = steps_per_level(args.num_iter, len(model.config.levels))
+        path = run / f"samples_{tag}.npz"
+        t0 = time.time()
+        if not path.exists():
+            generate_samples_npz(model, path, samples, batch_size=args.sample_batch,
+                                 conditional=model.config.num_classes > 0, label_list=labels, seed=args.seed,
+                                 num_iter=num_iter, cfg=cfg_scale, temperature=temperature)
+            row["sample_seconds"] = time.time() - t0
+        images, sample_labels = load_samples_npz(path)
+        row["samples_file"] = str(path)
+        row.update(sample_quality(images, sample_labels, extractor, reference, num_classes=model.config.num_classes))
+        row.pop("class_accuracy_per_class", None)
+        cache.write_text(json.dumps(row, indent=2))
+    return {**row, **(test_bpd(name, run, model, test, args) if nll else {})}
+
+
+def test_bpd(name: str, run: Path, model: FractalGen, test, args) -> dict:
+    """bits/dim on the first `--nll-images` test images, cached in run/bpd_<images>_<passes>.json."""
+    n = min(args.nll_images, len(test))
+    cache = run / f"bpd_{n}_p{args.passes}.json"
+    if not cache.exists():
         r = dataset_bpd(model, test.images[:n], batch_size=50, passes=args.passes, seed=args.seed,
                         desc=f"{name}: bits/dim")
-        row.update(bpd=r["bpd"], bpd_stderr=r["stderr"], bpd_kind=r["kind"], bpd_images=n)
-    num_iter = steps_per_level(args.num_iter, len(model.config.levels))
-    conditional = model.config.num_classes > 0
-    path = run / f"samples_{tag}.npz"
-    t0 = time.time()
-    if not path.exists():
-        generate_samples_npz(model, path, args.samples, batch_size=args.sample_batch, conditional=conditional,
-                             label_list=labels, seed=args.seed, num_iter=num_iter, cfg=cfg_scale,
-                             temperature=temperature)
-        row["sample_seconds"] = time.time() - t0
-    images, sample_labels = load_samples_npz(path)
-    row["samples_file"] = str(path)
-    row.update(sample_quality(images, sample_labels, extractor, reference, num_classes=model.config.num_classes))
-    row.pop("class_accuracy_per_class", None)
-    cache.write_text(json.dumps(row, indent=2))
-    return row
+        cache.write_text(json.dumps({"bpd": r["bpd"], "bpd_stderr": r["stderr"], "bpd_kind": r["kind"],
+                                     "bpd_images": n}, indent=2))
+    return json.loads(cache.read_text())
 
 
 def steps_per_level(text: str | None, levels: int) -> list[int] | None:
@@ -133,7 +141,7 @@ def levels_section(args, fm, ref, ext, figs: Path) -> list[str]:
         cfg = get_preset(preset)
         run = Path(args.out) / preset
         model, log = train(run, cfg, fm["train"], args)
-        row = evaluate(preset, run, model, fm["test"], ref, ext, args, cfg_scale=args.cfg)
+        row = evaluate(preset, run, model, fm["test"], ref, ext, args, args.samples, cfg_scale=args.cfg)
         rows.append({**row, **log, "gflops": gflops(cfg), "params": sum(p.numel() for p in model.parameters())})
     out = ["## 1. Levels (Table 2)", "",
            f"Each model trained for {args.minutes:g} min of wall clock (batch {args.batch_size}, blr {args.blr:g}), "
@@ -202,7 +210,7 @@ def armar_section(args, fm, ref, ext, figs: Path) -> list[str]:
     for preset in ("fractalar_fmnist", "fractalmar_fmnist"):
         run = Path(args.out) / preset
         model, log = train(run, get_preset(preset), fm["train"], args)
-        row = evaluate(preset, run, model, fm["test"], ref, ext, args, cfg_scale=args.cfg)
+        row = evaluate(preset, run, model, fm["test"], ref, ext, args, args.samples, cfg_scale=args.cfg)
         grid(Path(row["samples_file"]), figs / f"{preset}.png")
         rows.append({**row, **log})
     out = ["## 2. AR against MAR (Table 5)", "",
@@ -230,7 +238,8 @@ def channels_section(args, figs: Path) -> list[str]:
         cfg = get_preset("fractalmar_rgb32").replace(channel_order=order, num_classes=train_set.num_classes)
         run = Path(args.out) / f"channels_{order}"
         model, log = train(run, cfg, train_set, args)
-        rows.append({**evaluate(order.upper(), run, model, test, ref, ext, args, labels=classes, cfg_scale=args.cfg),
+        rows.append({**evaluate(order.upper(), run, model, test, ref, ext, args, args.samples, labels=classes,
+                                     cfg_scale=args.cfg),
                      **log})
     out = ["## 3. Channel order (Table 6)", "",
            f"`fractalmar_rgb32` on 32×32 crops of the scikit-image photos ({len(train_set)} training crops of "
@@ -250,11 +259,11 @@ def guidance_section(args, fm, ref, ext, figs: Path) -> list[str]:
     rows = []
     for t in [float(v) for v in args.sweep_temperature.split(",")]:
         for c in [float(v) for v in args.sweep_cfg.split(",")]:
-            rows.append(evaluate(args.guidance_model, run, model, fm["test"], ref, ext, args, cfg_scale=c,
-                                 temperature=t, nll=False))
+            rows.append(evaluate(args.guidance_model, run, model, fm["test"], ref, ext, args, args.sweep_samples,
+                                 cfg_scale=c, temperature=t, nll=False))
     plot_guidance(rows, figs / "guidance.png", title=f"{args.guidance_model} ({ext.name})")
     best = min(rows, key=lambda r: r["fid"])
-    return ["## 4. Guidance", "", f"The shipped model `{args.guidance_model}`, {args.samples} class-balanced samples "
+    return ["## 4. Guidance", "", f"The shipped model `{args.guidance_model}`, {args.sweep_samples} class-balanced samples "
             f"per setting, against {ref.source}.", "", quality_table(rows), "",
             f"Recommended (lowest FID): **cfg {best['cfg']:g}, temperature {best['temperature']:g}** "
             f"(FID {best['fid']:.2f}, class accuracy {fmt(best.get('class_accuracy'), '.1%')}).", "",
@@ -266,7 +275,10 @@ def budgets(args, sections) -> str:
     if set(sections) & {"levels", "armar", "channels"}:
         parts.append(f"training {args.minutes:g} min of wall clock per model (batch {args.batch_size}); bits/dim on "
                      f"{args.nll_images} test images ({args.passes} random-masking passes for MAR, AR exact)")
-    parts.append(f"{args.samples} samples per model or setting (MAR steps per level {args.num_iter})")
+    if set(sections) & {"levels", "armar", "channels"}:
+        parts.append(f"{args.samples} samples per model (MAR steps per level {args.num_iter})")
+    if "guidance" in sections:
+        parts.append(f"{args.sweep_samples} samples per guidance setting")
     parts.append(f"FID reference: up to {args.ref_images} real images")
     return "; ".join(parts) + "."
 
@@ -280,7 +292,9 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=6.0, help="training wall clock per model")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="the default recipe's")
     p.add_argument("--blr", type=float, default=TrainConfig.blr, help="the default recipe's (lr 2e-3 at batch 32)")
-    p.add_argument("--samples", type=int, default=500, help="samples per model / setting for FID and PRDC")
+    p.add_argument("--samples", type=int, default=200, help="samples per model for FID and PRDC in sections 1–3 "
+                   "(the flat 2-level MAR alone needs ~4 min per 50 on 2 cores)")
+    p.add_argument("--sweep-samples", type=int, default=500, help="samples per setting of the guidance sweep")
     p.add_argument("--sample-batch", type=int, default=50)
     p.add_argument("--num-iter", default="16,8", help="MAR steps per level when sampling")
     p.add_argument("--cfg", type=float, default=1.5, help="guidance of the samples in sections 1–3")
