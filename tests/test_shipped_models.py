@@ -1,5 +1,6 @@
-"""The shipped default model keeps the quality the README states (2.876 exact test bits/dim, 95 % of
-cfg-3 samples classified as their label), so a damaged weight file or a sampling regression shows."""
+"""The shipped default model keeps the quality the README states (2.876 exact test bits/dim, 93 % of
+samples at cfg 2, temperature 0.9 classified as their label), so a damaged weight file or a sampling
+regression fails a test."""
 import torch
 
 from fractalgm import FractalGen
@@ -20,6 +21,6 @@ def test_default_model_likelihood_and_class_conditional_samples():
     assert nll.bpd.mean().item() < 2.90  # 2.798 on these 200 images; 2.876 on all 10,000
 
     labels = torch.arange(10).repeat_interleave(5)
-    images = model.sample(labels, cfg=3.0, generator=torch.Generator().manual_seed(0))
+    images = model.sample(labels, cfg=2.0, temperature=0.9, generator=torch.Generator().manual_seed(0))
     accuracy = (load_classifier().predict(images) == labels).float().mean().item()
-    assert accuracy >= 0.8  # 95.2 % ± 0.7 over 1,000 samples
+    assert accuracy >= 0.8  # 93.3 % ± 0.8 over 1,000 samples
