@@ -187,15 +187,19 @@ def _levels_plot(rows, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for ax, key, label in ((axes[0], "bpd", "test bits/dim"), (axes[1], "fid", "FID")):
         for kind, marker in (("ar", "s"), ("mar", "o")):
-            pts = [(r["gflops"], r[key], r["name"]) for r in rows if r["name"].endswith(kind)]
+            pts = [(r["gflops"], r[key], r["name"]) for r in rows if r["name"].endswith("_" + kind)]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=kind.upper())
             for x, y, n in pts:
                 ax.annotate(n.split("_")[1], (x, y), fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training-forward GFLOPs per image")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
