@@ -63,6 +63,8 @@ def train(run: Path, config, train_set, args) -> tuple[FractalGen, dict]:
         if (run / "train_state.pt").exists():
             trainer.resume()
         trainer.fit()
+        if trainer.stop.requested:  # a signal ended the training early: keep it resumable, not done
+            raise SystemExit(f"stopped by a signal; re-run the same command to resume {run}")
         logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         speeds = [r["images_per_s"] for r in logs if "images_per_s" in r]
         done.write_text(json.dumps({"steps": trainer.step, "train_seconds": trainer.elapsed,
