@@ -97,10 +97,10 @@ def evaluate(name: str, run: Path, model: FractalGen, test, reference: Reference
         row.update(sample_quality(images, sample_labels, extractor, reference, num_classes=model.config.num_classes))
         row.pop("class_accuracy_per_class", None)
         cache.write_text(json.dumps(row, indent=2))
-    return {**row, **(test_bpd(name, run, model, test, args) if nll else {})}
+    return {**row, **(split_bpd(name, run, model, test, args) if nll else {})}
 
 
-def test_bpd(name: str, run: Path, model: FractalGen, test, args) -> dict:
+def split_bpd(name: str, run: Path, model: FractalGen, test, args) -> dict:
     """bits/dim on the first `--nll-images` test images, cached in run/bpd_<images>_<passes>.json."""
     n = min(args.nll_images, len(test))
     cache = run / f"bpd_{n}_p{args.passes}.json"
