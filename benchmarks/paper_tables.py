@@ -70,7 +70,8 @@ def train(run: Path, config, train_set, args) -> tuple[FractalGen, dict]:
         done.write_text(json.dumps({"steps": trainer.step, "train_seconds": trainer.elapsed,
                                     "images_seen": trainer.step * args.batch_size,
                                     "train_images_per_s": statistics.median(speeds) if speeds else None,
-                                    "final_loss": logs[-1].get("loss")}, indent=2))
+                                    "final_loss": logs[-1].get("loss"), "torch_threads": torch.get_num_threads()},
+                                   indent=2))
     return FractalGen.from_pretrained(run / "model").eval(), json.loads(done.read_text())
 
 
@@ -244,9 +245,9 @@ def channels_section(args, figs: Path) -> list[str]:
         cfg = get_preset("fractalmar_rgb32").replace(channel_order=order, num_classes=train_set.num_classes)
         run = Path(args.out) / f"channels_{order}"
         model, log = train(run, cfg, train_set, args)
-        rows.append({**evaluate(order.upper(), run, model, test, ref, ext, args, args.samples, labels=classes,
-                                     cfg_scale=args.cfg),
-                     **log})
+        row = evaluate(order.upper(), run, model, test, ref, ext, args, args.samples, labels=classes, cfg_scale=args.cfg)
+        grid(Path(row["samples_file"]), figs / f"channels_{order}.png")
+        rows.append({**row, **log})
     out = ["## 3. Channel order (Table 6)", "",
            f"`fractalmar_rgb32` on 32×32 crops of the scikit-image photos ({len(train_set)} training crops of "
            f"{len(classes)} photos, labels = photo), {args.minutes:g} min each; bits/dim on {min(args.nll_images, len(test))} "
@@ -255,7 +256,26 @@ def channels_section(args, figs: Path) -> list[str]:
     for r in rows:
         out.append(f"| {r['name']} | {r['steps']} | {r['bpd']:.3f} ± {r['bpd_stderr']:.3f} | {r['fid']:.2f} | "
                    f"{r['precision']:.3f} | {r['recall']:.3f} |")
-    return out + [""]
+    out += ["", *channels_verdict(rows), ""]
+    return out + [" ".join(f"![{r['name']}]({figs.name}/channels_{r['name'].lower()}.png)" for r in rows), ""]
+
+
+def channels_verdict(rows) -> list[str]:
+    """Which order is best, and is its lead larger than the measurement noise (2 standard errors)?"""
+    best = min(rows, key=lambda r: r["bpd"])
+    out = []
+    for r in rows:
+        if r is best:
+            continue
+        gap, noise = r["bpd"] - best["bpd"], 2 * (r["bpd_stderr"] ** 2 + best["bpd_stderr"] ** 2) ** 0.5
+        out.append(f"{best['name']} is {gap:.3f} bits/dim below {r['name']} "
+                   f"({'more' if gap > noise else 'less'} than 2 standard errors, {noise:.3f})")
+    lines = [f"* Lowest bits/dim: {best['name']}; " + "; ".join(out) + " (unpaired). Lowest FID: "
+             f"{min(rows, key=lambda r: r['fid'])['name']}."]
+    if max(r["precision"] for r in rows) == 0:
+        lines.append("* No order's samples reach the real crops' manifold yet (precision 0 for every order): at this "
+                     "budget the gaps say how fast each order learns, not what it converges to.")
+    return lines
 
 
 def guidance_section(args, fm, ref, ext, figs: Path) -> list[str]:
@@ -287,6 +307,12 @@ def budgets(args, sections) -> str:
         parts.append(f"{args.sweep_samples} samples per guidance setting")
     parts.append(f"FID reference: up to {args.ref_images} real images")
     return "; ".join(parts) + "."
+
+
+def training_threads(out) -> str:
+    """The torch thread counts the cached models were trained with (their done.json), e.g. "2"."""
+    found = {json.loads(p.read_text()).get("torch_threads") for p in Path(out).glob("*/done.json")}
+    return "/".join(sorted(str(t) for t in found if t is not None)) or "unrecorded"
 
 
 # ---------------------------------------------------------------------------- main
@@ -336,9 +362,9 @@ def main(argv=None):
         body += guidance_section(args, fm, ref, ext, figs)
     head = ["# Results: the paper's comparisons at Fashion-MNIST scale", "",
             f"Measured by `python benchmarks/paper_tables.py {' '.join(argv if argv is not None else os.sys.argv[1:])}` "
-            f"on {platform.machine()} with {os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), "
-            f"torch {torch.__version__}; the last run of the command took {(time.time() - t0) / 60:.1f} min "
-            f"(cached parts excluded).", "",
+            f"on {platform.machine()} with {os.cpu_count()} CPU cores, torch {torch.__version__}; models trained "
+            f"with {training_threads(args.out)} torch threads. The last run of the command took "
+            f"{(time.time() - t0) / 60:.1f} min, reusing the models and scores cached by earlier runs.", "",
             "**Budgets:** " + budgets(args, sections) + " Numbers from different extractors are not comparable; "
             "FIDs on a few hundred samples are biased upwards (compare settings at equal sample counts only); "
             "precision/recall/density/coverage use as many real images (a fixed random subset) as samples.", ""]
