@@ -11,5 +11,5 @@ fi
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[test,serve,serve-test]"
 # the guidance sweep's lowest-FID setting: FID 2.0, 93 % of samples classified as their label (docs/results.md)
-.venv/bin/fractalgm sample --labels all --per-label 8 --cfg 2 --temperature 0.9 --out samples.png
+.venv/bin/fractalgm sample --labels all --per-label 8 --cfg 1.5 --out samples.png
 .venv/bin/fractalgm nll --split test --limit 1000
