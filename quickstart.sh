@@ -10,6 +10,6 @@ fi
 [ -d .venv ] || python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[test,serve,serve-test]"
-# the guidance sweep's lowest-FID setting: FID 2.0, 93 % of samples classified as their label (docs/results.md)
+# the guidance sweep's lowest-FID setting: FID 1.2, 91 % of samples classified as their label (docs/results.md)
 .venv/bin/fractalgm sample --labels all --per-label 8 --cfg 1.5 --out samples.png
 .venv/bin/fractalgm nll --split test --limit 1000
