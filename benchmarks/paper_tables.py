@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -246,7 +245,8 @@ def channels_section(args, figs: Path) -> list[str]:
         run = Path(args.out) / f"channels_{order}"
         model, log = train(run, cfg, train_set, args)
         row = evaluate(order.upper(), run, model, test, ref, ext, args, args.samples, labels=classes, cfg_scale=args.cfg)
-        grid(Path(row["samples_file"]), figs / f"channels_{order}.png")
+        row["grid"] = f"channels_{order}.png"
+        grid(Path(row["samples_file"]), figs / row["grid"])
         rows.append({**row, **log})
     out = ["## 3. Channel order (Table 6)", "",
            f"`fractalmar_rgb32` on 32×32 crops of the scikit-image photos ({len(train_set)} training crops of "
@@ -257,7 +257,7 @@ def channels_section(args, figs: Path) -> list[str]:
         out.append(f"| {r['name']} | {r['steps']} | {r['bpd']:.3f} ± {r['bpd_stderr']:.3f} | {r['fid']:.2f} | "
                    f"{r['precision']:.3f} | {r['recall']:.3f} |")
     out += ["", *channels_verdict(rows), ""]
-    return out + [" ".join(f"![{r['name']}]({figs.name}/channels_{r['name'].lower()}.png)" for r in rows), ""]
+    return out + [" ".join(f"![{r['name']}]({figs.name}/{r['grid']})" for r in rows), ""]
 
 
 def channels_verdict(rows) -> list[str]:
