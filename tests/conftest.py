@@ -1,6 +1,7 @@
 """Shared helpers for the model tests: tiny configs, random images, fixture paths."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "golden"
 
 # The models here are tiny: one thread is as fast, and it avoids OpenMP spin-wait stalls (100× slower)
-# when the 2-core machine is busy with other processes.
-torch.set_num_threads(1)
+# when the 2-core machine is busy with other processes. FRACTALGM_TEST_THREADS=2 runs the suite with two
+# (CI does, for the numerics tests: the thread count changes the order of reductions).
+torch.set_num_threads(int(os.environ.get("FRACTALGM_TEST_THREADS", "1")))
 OFFICIAL_KEYS = FIXTURES / "official-keys"
 
 
@@ -54,6 +56,15 @@ def tiny_config(kinds=("mar", "mar"), sizes=None, channels=3, widths=None, heads
 def build(config: FractalConfig, seed: int = 0) -> FractalGen:
     torch.manual_seed(seed)
     return FractalGen(config).eval()
+
+
+def perturb(model, std=0.3, seed=99):
+    """Add N(0, std²) noise to every parameter (as the golden fixtures do) so every input matters."""
+    g = gen(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return model
 
 
 def random_images(config: FractalConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:

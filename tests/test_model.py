@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import build, gen, random_images, tiny_config
+from conftest import build, gen, perturb, random_images, tiny_config
 from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, Scoring, likelihood
 from fractalgm.likelihood import truncated_normal_ratio
 from fractalgm.models import ARGenerator, Conditions, LevelSpec, MARGenerator, PixelHead
@@ -47,15 +47,6 @@ def random_patches(g, rows: int, seed: int = 0) -> torch.Tensor:
     """Random integer patches (rows, L, C, p, p) for generator `g`."""
     p = g.cfg.patch_size
     return torch.randint(0, 256, (rows, g.cfg.seq_len, g.spec.channels, p, p), generator=gen(seed))
-
-
-def perturb(model, std=0.3, seed=99):
-    """Add N(0, std²) noise to every parameter (as the golden fixtures do) so every input matters."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 # ---------------------------------------------------------------------------- shapes and dtypes

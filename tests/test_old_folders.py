@@ -1,14 +1,18 @@
-"""Model folders saved by commit 653b0ee load and reproduce that commit's numbers bit for bit.
+"""Model folders saved by commit 653b0ee load and reproduce that commit's numbers.
 
 `tests/fixtures/old_folders/` holds small models (random weights, fixed seed) written by the old
 `save_pretrained`, and the NLLs (every scoring mode), an eval-mode training loss, samples and
-inpaintings (cfg 1 and cfg > 1) the old code computed for fixed seeds (`make_fixtures.py` wrote them).
-The restructured code must load the folders unchanged and give exactly the same arrays.
+inpaintings (cfg 1 and cfg > 1) the old code computed for fixed seeds (`make_fixtures.py` wrote them,
+on an AVX-512 machine). The current code must load the folders unchanged and give the same arrays, as
+far as any CPU can: floats within the rounding that differs between CPUs (`ulps`), the random inputs
+and masks bit for bit (integers from the portable Mersenne Twister), and sampled pixels draw for draw
+up to draws within float noise of a tie (`draws.assert_same_draws`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from safetensors import safe_open
 
 from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, Scoring, get_preset
 from fractalgm import masks
+from draws import assert_same_draws
 
 OLD = Path(__file__).parent / "fixtures" / "old_folders"
 
@@ -53,12 +58,20 @@ def fixed_masks(config: FractalConfig, batch: int) -> list[torch.Tensor]:
     return out
 
 
-def outputs(model: FractalGen, num_iter) -> dict[str, torch.Tensor]:
+def inputs(config: FractalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    S, C = config.image_size, config.channels
+    return torch.randint(0, 256, (3, C, S, S), generator=g(1), dtype=torch.uint8), torch.tensor([1, 4, 7])
+
+
+def known_box(S: int) -> torch.Tensor:
+    return masks.box(S, 1, 2, S // 2, S // 2 + 1)
+
+
+def computed(model: FractalGen) -> dict[str, torch.Tensor]:
+    """The inputs, the masks and the float results: every output that involves no sampled pixel."""
     cfg = model.config
-    S, C = cfg.image_size, cfg.channels
-    images = torch.randint(0, 256, (3, C, S, S), generator=g(1), dtype=torch.uint8)
-    labels = torch.tensor([1, 4, 7])
-    out = {"images": images, "labels": labels}
+    images, labels = inputs(cfg)
+    out = {"images": images, "labels": labels, "known": known_box(cfg.image_size)}
     out["nll_random_2"] = model.nll(images, passes=2, generator=g(2)).nats
     out["nll_random_labels"] = model.nll(images, labels, passes=1, generator=g(3)).nats
     out["nll_exact_random"] = model.nll(images, exact=True, generator=g(4)).nats
@@ -70,25 +83,52 @@ def outputs(model: FractalGen, num_iter) -> dict[str, torch.Tensor]:
     out["nll_shared_count"] = model.nll(images, scoring=Scoring("random", g(5), shared_count=True)).nats
     with torch.no_grad():
         out["loss_train_eval_mode"] = model(images, labels, Scoring("train", g(6))).reshape(1)
-    out["sample_cfg1"] = model.sample(labels, num_iter=list(num_iter), generator=g(7))
-    out["sample_uncond"] = model.sample(num_images=2, generator=g(8))
-    out["sample_cfg3_linear"] = model.sample(labels, num_iter=list(num_iter), cfg=3.0, cfg_schedule="linear",
-                                             temperature=0.9, generator=g(9))
-    known = masks.box(S, 1, 2, S // 2, S // 2 + 1)
-    out["known"] = known
-    out["inpaint_cfg1"] = model.inpaint(images, known, generator=g(10))
-    out["inpaint_cfg2"] = model.inpaint(images, masks.half(S, "bottom"), labels, num_iter=list(num_iter), cfg=2.0,
-                                        generator=g(11))
     return out
 
 
+def sampled(model: FractalGen, num_iter) -> dict[str, Callable[[], torch.Tensor]]:
+    """The outputs made of sampled pixels, each as a function that samples it again."""
+    S = model.config.image_size
+    images, labels = inputs(model.config)
+    known = known_box(S)
+    n = list(num_iter)
+    return {
+        "sample_cfg1": lambda: model.sample(labels, num_iter=n, generator=g(7)),
+        "sample_uncond": lambda: model.sample(num_images=2, generator=g(8)),
+        "sample_cfg3_linear": lambda: model.sample(labels, num_iter=n, cfg=3.0, cfg_schedule="linear",
+                                                   temperature=0.9, generator=g(9)),
+        "inpaint_cfg1": lambda: model.inpaint(images, known, generator=g(10)),
+        "inpaint_cfg2": lambda: model.inpaint(images, masks.half(S, "bottom"), labels, num_iter=n, cfg=2.0,
+                                              generator=g(11)),
+    }
 
-def init_fingerprint(config: FractalConfig) -> tuple[list[str], torch.Tensor]:
-    """The state_dict keys of a fresh `FractalGen(config)` under seed 0, and each tensor's float64 sum:
-    the same seed must keep giving the same initial weights."""
+
+def outputs(model: FractalGen, num_iter) -> dict[str, torch.Tensor]:
+    """Every output (make_fixtures.py stores these)."""
+    return {**computed(model), **{k: f() for k, f in sampled(model, num_iter).items()}}
+
+
+# Float results are sums of many fp32 terms (an NLL: C·H·W·levels log-probabilities through the levels'
+# networks). Another CPU (vector width, FMA, oneDNN/AMX kernels) changes each term by a few ulps and the
+# rounding of the sums by about sqrt(N) ulps of the total. 16 float32 ulps of the value bound both with
+# margin: measured between AVX-512 (the fixtures), AVX2 and scalar (ATEN_CPU_CAPABILITY=default) builds,
+# the largest difference was 0.2 ulp (1.3e-4 of 5,364 nats).
+ULPS = 16
+F32_EPS = torch.finfo(torch.float32).eps  # 2^-23, one ulp at 1
+
+
+def close(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor | None = None) -> bool:
+    """|got − want| ≤ ULPS float32 ulps of `scale` (default: of the values themselves)."""
+    scale = want.abs() if scale is None else scale
+    return bool(((got.double() - want.double()).abs() <= ULPS * F32_EPS * scale.double()).all())
+
+
+def init_fingerprint(config: FractalConfig, absolute: bool = False) -> tuple[list[str], torch.Tensor]:
+    """The state_dict keys of a fresh `FractalGen(config)` under seed 0, and each tensor's float64 sum
+    (of magnitudes with `absolute`): the same seed must keep giving the same initial weights."""
     torch.manual_seed(0)
     state = FractalGen(config).state_dict()
-    return list(state), torch.stack([v.double().sum() for v in state.values()])
+    return list(state), torch.stack([(v.double().abs() if absolute else v.double()).sum() for v in state.values()])
 
 
 def expected(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -103,15 +143,21 @@ def test_old_folder_loads_with_the_same_config(name):
     assert meta["commit"] == "653b0ee"
     keys, sums = init_fingerprint(model.config)  # the folder's own config: presets may evolve
     assert keys == json.loads(meta["init_keys"]) == list(model.state_dict())
-    assert torch.equal(sums, arrays["init_fingerprint"])
+    # The uniform bits are portable; the transforms (erfinv, log, Box-Muller) are vectorised differently
+    # per CPU, so each weight may differ by a few ulps: the sum by a few ulps of the sum of magnitudes.
+    _, magnitudes = init_fingerprint(model.config, absolute=True)
+    assert close(sums, arrays["init_fingerprint"], scale=magnitudes)
 
 
 @pytest.mark.filterwarnings("ignore:.*cannot see")  # AR levels / RGB heads: inpaint warns, as it did
 @pytest.mark.parametrize("name", list(CASES))
-def test_old_folder_reproduces_old_outputs_bit_for_bit(name):
+def test_old_folder_reproduces_old_outputs(name):
     want, _ = expected(name)
     model = FractalGen.from_pretrained(OLD / name)
-    got = outputs(model, tuple(want["num_iter"].tolist()))
-    assert set(got) == set(want) - {"num_iter", "init_fingerprint"}
+    got, draws = computed(model), sampled(model, tuple(want["num_iter"].tolist()))
+    assert set(got) | set(draws) == set(want) - {"num_iter", "init_fingerprint"}
     for key, value in got.items():
-        assert value.dtype == want[key].dtype and torch.equal(value, want[key]), key
+        assert value.dtype == want[key].dtype, key
+        assert close(value, want[key]) if value.is_floating_point() else torch.equal(value, want[key]), key
+    for key, generate in draws.items():
+        assert_same_draws(generate, want[key], f"{name}: {key}")
