@@ -13,8 +13,8 @@ import torch
 
 from . import cli_train
 from .cli_generate import _load_model, cmd_inpaint, cmd_sample
-from .cli_common import check_output_file, write_text_atomic
-from .data.cli_args import add_data_args as data_args
+from .cli_common import check_output_file, given_flags, model_rules, refuse_unused, write_text_atomic
+from .data.cli_args import add_data_args as data_args, data_rules
 from .validate import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Number, NumberList,
                        parse_device)
 
@@ -29,7 +29,16 @@ def cmd_nll(args):
 
     if args.json:
         check_output_file(args.json, "--json")
+    refuse_unused(args, model_rules(args) + data_rules(args) + [
+        ("passes", args.exact, "--exact scores each image once, under one fixed order"),
+        ("order", not args.exact, "the order is fixed only with --exact (random masking has none)")])
     model = _load_model(args)
+    all_ar = all(lv.kind == "ar" for lv in model.config.levels)
+    refuse_unused(args, [
+        ("passes", all_ar, "this model's levels are all AR: its NLL is exact, one pass"),
+        ("order", all_ar, "AR levels always score in raster order"),
+        ("seed", all_ar or (args.exact and args.order == "raster"), "this NLL draws no random masks or orders"),
+        ("conditional", model.config.num_classes == 0, "this model is unconditional (no classes)")])
     data = open_for_model(args, args.split, model.config.channels, model.config.image_size)
     check_images(data, model.config.channels, model.config.image_size)
     n = min(len(data), args.limit) if args.limit else len(data)
@@ -49,6 +58,7 @@ def cmd_info(args):
     from .flops import format_info
     from .presets import get_preset, list_presets
 
+    refuse_unused(args, [("preset", args.list, "--list lists every preset; give one of them")])
     if args.list or not args.preset:
         from .checkpoint import list_pretrained
 
@@ -205,6 +215,7 @@ def main(argv=None):
     from .train_checkpoint import NonFiniteLoss, SaveError
 
     args = build_parser().parse_args(argv)
+    args.given = given_flags(build_parser, argv)  # a typed flag that would do nothing is refused
     try:
         args.fn(args)  # nothing is returned: the console script would print it and exit 1
     except (NonFiniteLoss, SaveError) as e:

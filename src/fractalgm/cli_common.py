@@ -103,3 +103,66 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, types:
             kwargs["type"] = check.parse
             text = f"{text}; {check.describe()}"
         group.add_argument(flag, help=f"{text} (default: {shown})", **kwargs)
+
+
+# ---------------------------------------------------------------------------- flags that would do nothing
+def given_flags(build_parser, argv) -> set[str]:
+    """The dests of the flags the user typed: the same parse with every default suppressed."""
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:  # argparse keeps no record of which values were typed
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"fn", "command"}
+
+
+def refuse_unused(args, rules):
+    """Refuse the first typed flag whose rule says it has no effect: `rules` is (dest, unused?, why)."""
+    given = getattr(args, "given", None)
+    if given is None:  # called from Python, not from the command line: nothing to check
+        return
+    for dest, unused, why in rules:
+        if dest in given and unused:
+            raise ValueError(f"--{dest.replace('_', '-')} has no effect here: {why}")
+
+
+def model_rules(args) -> list:
+    return [("preset", "model" in args.given, "--preset builds an untrained model instead of --model; give one")]
+
+
+def sampling_rules(args, model) -> list:
+    """Sampling flags that a model or the other flags make meaningless."""
+    all_ar = all(lv.kind == "ar" for lv in model.config.levels)
+    off = "guidance is off (--cfg 1)"
+    return [("num_iter", all_ar, "every level of this model is AR and takes one step per token"),
+            ("cfg_schedule", args.cfg == 1.0, off), ("filter_threshold", args.cfg == 1.0, off),
+            ("fps", not args.animate, "it sets the frame rate of --animate")]
+
+
+def check_grid_size(count: int, size: int, scale: int, hint: str):
+    """A PNG grid of `count` images must open in a viewer: at most PIL's image-bomb limit of pixels."""
+    from PIL import Image
+
+    pixels = count * (size * scale) ** 2
+    if pixels > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"a grid of {count:,} images at --scale {scale} is {pixels / 1e6:,.0f} megapixels, more "
+                         f"than image viewers open ({Image.MAX_IMAGE_PIXELS / 1e6:.0f}); {hint}")
+
+
+def check_animation_memory(config, num_iter, count: int):
+    """The recorded frames of --animate (one per step of every level, depth first) must fit in memory."""
+    from .sampling import steps_per_level
+
+    frames, run = 1, 1
+    for steps in steps_per_level(config, num_iter):
+        run *= steps
+        frames += run
+    need = frames * count * config.channels * config.image_size ** 2 * 2  # uint8 canvas + bool mask per frame
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have // 4:
+        raise ValueError(f"--animate would record {frames:,} frames of {count} images ({need / 2**30:.1f} GiB), more "
+                         f"than a quarter of this machine's memory ({have / 2**30:.0f} GiB); animate fewer images")

@@ -79,6 +79,38 @@ def _settings(args) -> list[tuple[float, float]]:
     return [(c, t) for t in temps for c in cfgs]
 
 
+def _refuse_unused_flags(args, model=None):
+    """Flags that the others (or, once loaded, the model) leave without effect: refused, not ignored."""
+    from .cli_common import model_rules, refuse_unused
+
+    if model is None:
+        from_file = "--samples evaluates that file: nothing is sampled"
+        stats_only = args.ref_stats and not args.data
+        no_nll = "--nll-images 0 skips the likelihood"
+        refuse_unused(args, model_rules(args) + [
+            *((dest, bool(args.samples), from_file) for dest in ("num_samples", "batch_size", "unconditional",
+                                                                 "cfg_schedule", "filter_threshold")),
+            ("num_iter", bool(args.samples) and args.no_cost, f"{from_file} and --no-cost measures no sampling"),
+            ("inception_weights", args.extractor != "inception-v3", "they are the weights of --extractor inception-v3"),
+            ("save_ref_stats", stats_only, "the reference statistics come from --ref-stats (add --data to compute "
+                                           "them)"),
+            ("ref_images", stats_only, "the reference statistics come from --ref-stats (add --data to compute them)"),
+            *((dest, bool(stats_only and not args.nll_images), "no dataset is read: the reference is --ref-stats "
+               "and --nll-images is 0") for dest in ("split", "data_dir")),
+            *((dest, not args.nll_images, no_nll) for dest in ("passes", "exact", "nll_batch_size"))])
+        return
+    conditional = model.config.num_classes > 0 and not args.unconditional
+    unguided = all(c == 1 for c in args.cfg)
+    refuse_unused(args, [
+        ("passes", model.config.is_exact, "this model's likelihood is exact: one pass"),
+        ("exact", model.config.is_exact, "this model's likelihood is always exact"),
+        ("unconditional", model.config.num_classes == 0, "this model has no classes"),
+        ("cfg", not conditional and not unguided, "guidance needs labels: these samples are unconditional"),
+        *((dest, unguided, "guidance is off (--cfg 1)") for dest in ("cfg_schedule", "filter_threshold")),
+        ("num_iter", all(lv.kind == "ar" for lv in model.config.levels),
+         "every level of this model is AR and takes one step per token")])
+
+
 def run(args):
     from .cli import _load_model
     from .data import check_images, load_dataset
@@ -89,9 +121,11 @@ def run(args):
     from .evaluate.samples import generate_samples_npz, load_samples_npz
 
     settings = _settings(args)
+    _refuse_unused_flags(args)
+    model = _load_model(args)
+    _refuse_unused_flags(args, model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = _load_model(args)
     cfg = model.config
     name = args.extractor or default_extractor(cfg.channels, cfg.image_size)
     extractor = get_extractor(name, device=model.device, **({"weights": args.inception_weights}

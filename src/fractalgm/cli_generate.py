@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write
-from .cli_common import check_output_file, check_output_folder, check_output_image, save_grid_atomic
+from .cli_common import (check_animation_memory, check_grid_size, check_output_file, check_output_folder,
+                         check_output_image, model_rules, refuse_unused, sampling_rules, save_grid_atomic)
 
 
 def _labels(text: str | None, num_classes: int, arg: str = "--labels"):
@@ -30,6 +31,7 @@ def _labels(text: str | None, num_classes: int, arg: str = "--labels"):
 
 def _check_sampling(args, model):
     """The sampling options against this model, before sampling starts."""
+    refuse_unused(args, sampling_rules(args, model))
     levels = len(model.config.levels)
     if args.num_iter is not None and len(args.num_iter) not in (1, levels):
         raise ValueError(f"--num-iter needs one value or one per level ({levels}), got "
@@ -63,7 +65,20 @@ def _load_model(args):
 
 
 # ---------------------------------------------------------------------------- sample
+def _refuse_unused_sample_flags(args):
+    npz, labelled = args.out.endswith(".npz"), args.labels not in (None, "none")
+    png = "it applies to a PNG grid, not to --out X.npz"
+    refuse_unused(args, model_rules(args) + [
+        ("per_label", npz, "with --out X.npz, --num-images is the total (class-balanced)"),
+        ("per_label", not labelled, "it counts samples per label: give --labels (or --num-images for "
+                                    "unconditional samples)"),
+        ("num_images", labelled and not npz, "with --labels the grid holds --per-label images per label"),
+        ("batch_size", not npz, "a PNG grid is sampled in one batch; --batch-size applies to --out X.npz"),
+        ("scale", npz, png), ("save_each", npz, png), ("animate", npz, png)])
+
+
 def cmd_sample(args):
+    _refuse_unused_sample_flags(args)
     if args.out.endswith(".npz"):
         check_output_file(args.out, "--out", {".npz"}, kind="sample file")
     else:
@@ -79,6 +94,10 @@ def cmd_sample(args):
     labels = _labels(args.labels, cfg.num_classes)
     if labels is not None:
         labels = torch.tensor(labels).repeat_interleave(args.per_label)
+    count = len(labels) if labels is not None else args.num_images
+    check_grid_size(count, cfg.image_size, args.scale, f"write them with --num-images {count} --out samples.npz")
+    if args.animate:
+        check_animation_memory(cfg, args.num_iter and list(args.num_iter), count)
     recorder = _recorder(args)
     options = _sampling_options(args, model)
     with _Progress(model, options["num_iter"], recorder) as progress:
@@ -184,6 +203,15 @@ def _mask(args, size: int) -> torch.Tensor:
 def cmd_inpaint(args):
     from .animate import paint_unknown
 
+    from_files = "the images come from --image files, not from a dataset"
+    refuse_unused(args, model_rules(args) + [
+        ("mask_white_known", not args.mask, "it says how to read --mask"),
+        *((dest, bool(args.image), from_files) for dest in ("split", "data", "data_dir", "image_size", "channels",
+                                                            "skip_bad"))])
+    if not args.image:
+        from .data.cli_args import data_rules
+
+        refuse_unused(args, data_rules(args))
     check_output_image(args.out)
     model = _load_model(args)
     cfg = model.config
@@ -225,6 +253,9 @@ def cmd_inpaint(args):
     if not bool(known.any()):
         print("note: the mask keeps no pixel: every completion is an unconditional sample", file=sys.stderr)
     known = known.expand(B, -1, -1, -1)
+    check_grid_size(B * (K + 2), S, args.scale, "inpaint fewer images or fewer --num-samples per run")
+    if args.animate:
+        check_animation_memory(cfg, args.num_iter and list(args.num_iter), B * K)
     recorder = _recorder(args)
     out = model.inpaint(images.repeat_interleave(K, 0), known.repeat_interleave(K, 0),
                         None if labels is None else labels.repeat_interleave(K).to(model.device),

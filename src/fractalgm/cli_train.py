@@ -12,8 +12,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .cli_common import add_dataclass_flags
-from .data.cli_args import add_data_args, add_recipe_arg, apply_recipe, open_for_model
+from .cli_common import add_dataclass_flags, refuse_unused
+from .data.cli_args import add_data_args, add_recipe_arg, apply_recipe, data_rules, open_for_model
 from .train_config import BUDGETS, TrainConfig
 from .validate import FRACTION, NON_NEGATIVE, parse_device
 
@@ -121,6 +121,8 @@ def run(args):
     out = Path(args.out)
     check_can_start(out, args.resume, args.overwrite)  # before anything slow
     tcfg, run_options, saved_model = resolve_options(args)
+    refuse_unused(args, data_rules(argparse.Namespace(**run_options)) + [
+        ("label_drop", run_options["unconditional"], "an unconditional model (--unconditional) has no labels to drop")])
     shape = FractalConfig.from_dict(saved_model) if saved_model else _model_config(run_options, 0)
     data = argparse.Namespace(**run_options)
     train_set = open_for_model(data, "train", shape.channels, shape.image_size)

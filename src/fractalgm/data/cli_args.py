@@ -74,3 +74,12 @@ def open_for_model(options, split: str, channels: int, image_size: int):
     streaming = is_streamable(options.data)
     return open_dataset(options.data, split, data_dir=options.data_dir, image_size=options.image_size or image_size,
                         channels=options.channels or (channels if streaming else None), skip_bad=options.skip_bad)
+
+
+def data_rules(options) -> list:
+    """(dest, unused?, why) for the data options that `options.data` cannot honour (see cli_common.refuse_unused)."""
+    from .sources import PRESETS
+
+    builtin = options.data in PRESETS
+    return [("data_dir", options.data != "fashion_mnist", f"it locates the Fashion-MNIST files; --data is {options.data}"),
+            ("skip_bad", builtin, f"the built-in {options.data} has no image files to skip")]

@@ -66,6 +66,9 @@ def _encode(job: tuple[int, str, int]):
 def run(args) -> dict:
     from tqdm import tqdm
 
+    from ..cli_common import refuse_unused
+
+    refuse_unused(args, [("quality", args.format != "jpg", "it is the JPEG quality of --format jpg")])
     if args.image_size <= 0 or args.shard_size <= 0 or args.workers < 1:
         raise ValueError("--image-size, --shard-size and --workers must be positive")
     source, out = Path(args.source).expanduser(), Path(args.out).expanduser()

@@ -119,8 +119,10 @@ def measure_cost(model, *, train_batch: int = 16, sample_batch: int = 8, repeats
                          **options)
 
     t_sample = _timed(sample, device, max(1, repeats // 2))
-    peak_dtype = torch.bfloat16 if amp in ("auto", "bf16") and device.type in ("cpu", "cuda") else torch.float32
-    peak = matmul_peak(device, peak_dtype)
+    # the step runs matmuls in the autocast dtype and in fp32 (attention, the heads on CPU): the peak is the
+    # faster of the two (a CPU without bf16 units, or ATEN_CPU_CAPABILITY=default, runs bf16 slower than fp32)
+    dtypes = [torch.float32] + ([torch.bfloat16] if amp in ("auto", "bf16") and device.type in ("cpu", "cuda") else [])
+    peak, peak_dtype = max((matmul_peak(device, d, seconds=0.5), d) for d in dtypes)
     train_ips = train_batch / t_train
     achieved = 3 * fwd * 1e9 * train_ips  # forward + backward ≈ 3 forwards
     out.update({"train_images_per_s": train_ips, "sample_images_per_s": sample_batch / t_sample,

@@ -46,6 +46,9 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from ..cli_common import refuse_unused
+
+    refuse_unused(args, [("allow_remote", is_local(args.host), f"--host {args.host} is this machine only")])
     if not is_local(args.host) and not args.allow_remote:
         raise SystemExit(f"refusing to bind {args.host}: it is not a loopback address and this server has no "
                          f"authentication. Pass --allow-remote to do it anyway.")
