@@ -64,7 +64,8 @@ def child(data: str, steps: int, batch: int, workers: int) -> dict:
 
     from fractalgm import FractalGen, get_preset
     from fractalgm.data import BatchFeed, BatchPlan, open_dataset
-    from fractalgm.train import TrainConfig, Trainer
+    from fractalgm.training.config import TrainConfig
+    from fractalgm.training.trainer import Trainer
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     t_open = time.time()

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from fractalgm import FractalGen, masks
-from fractalgm.animate import paint_unknown
+from fractalgm.viz.animate import paint_unknown
 from fractalgm.data import load_dataset
-from fractalgm.viz import save_grid
+from fractalgm.viz.grid import save_grid
 
 CACHE = Path.home() / ".cache" / "fractalgm" / "fmnist_classifier.safetensors"
 

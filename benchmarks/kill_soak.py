@@ -187,7 +187,7 @@ def soak(args) -> dict:
                            capture_output=True, text=True, env=env())
     if final.returncode != 0:
         raise SystemExit(f"the final resume failed:\n{final.stderr[-3000:]}")
-    from fractalgm.runfolder import leftover_bytes
+    from fractalgm.training.runfolder import leftover_bytes
 
     result = {"kills": kills, "kills_during_save": sum(e["mode"] == "during save" for e in events),
               "corrupt_checkpoints": corrupt, "steps_lost": lost, "leftover_bytes": leftover_bytes(run),

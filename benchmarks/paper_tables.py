@@ -39,9 +39,10 @@ from fractalgm import FractalGen, get_preset
 from fractalgm.data import load_dataset
 from fractalgm.evaluate import Reference, dataset_bpd, generate_samples_npz, get_extractor, load_samples_npz, sample_quality
 from fractalgm.evaluate.report import plot_guidance, quality_table
-from fractalgm.flops import level_table
-from fractalgm.train import TrainConfig, Trainer
-from fractalgm.viz import save_grid
+from fractalgm.evaluate.flops import level_table
+from fractalgm.training.config import TrainConfig
+from fractalgm.training.trainer import Trainer
+from fractalgm.viz.grid import save_grid
 
 LEVEL_PRESETS = [f"ablation_{n}level_{k}" for n in (2, 3, 4) for k in ("ar", "mar")]
 ORDERS = ("rgb", "grb", "bgr")

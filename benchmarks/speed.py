@@ -51,7 +51,8 @@ class Worker:
         if preset not in self.cache:
             import fractalgm
             from fractalgm import FractalGen, get_preset
-            from fractalgm.train import EMA, autocast_context, param_groups
+            from fractalgm.training.optim import EMA, param_groups
+            from fractalgm.runtime import autocast_context
 
             torch = self.torch
             torch.manual_seed(0)

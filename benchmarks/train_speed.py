@@ -14,7 +14,7 @@ import time
 import torch
 
 from fractalgm import FractalGen, get_preset
-from fractalgm.flops import level_table
+from fractalgm.evaluate.flops import level_table
 
 DEFAULT = ("fractalmar_fmnist,fractalar_fmnist,fractalmar_rgb32,fractalar_rgb32,"
            "ablation_2level_mar,ablation_3level_mar,ablation_4level_mar,"

@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 from fractalgm import FractalGen
 from fractalgm.data import open_dataset
-from fractalgm.train import TrainConfig, Trainer
+from fractalgm.training.config import TrainConfig
+from fractalgm.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_data_distributed import deterministic_config  # noqa: E402

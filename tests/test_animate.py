@@ -10,7 +10,7 @@ from conftest import build, gen, tiny_config
 from PIL import Image
 
 from fractalgm import masks
-from fractalgm.animate import MAX_FPS, Recorder, save_animation
+from fractalgm.viz.animate import MAX_FPS, Recorder, save_animation
 from fractalgm.cli import main
 
 HAS_FFMPEG = importlib.util.find_spec("imageio_ffmpeg") is not None

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, get_preset, list_presets
-from fractalgm import checkpoint as ckpt
-from fractalgm.checkpoint import CheckpointError, list_pretrained, load_pretrained, save_pretrained
-from fractalgm.convert import convert_reference, infer_preset, load_reference, load_reference_state_dict
+from fractalgm.io import checkpoint as ckpt
+from fractalgm.io.checkpoint import CheckpointError, list_pretrained, save_pretrained
+from fractalgm.io.convert import convert_reference, infer_preset, load_reference, load_reference_state_dict
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 
@@ -52,13 +52,13 @@ def test_round_trip_identical(tmp_path):
     folder = save_pretrained(model, tmp_path / "ckpt")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     assert FractalConfig.from_json((folder / "config.json").read_text()) == model.config
-    loaded = load_pretrained(folder)
+    loaded = FractalGen.from_pretrained(folder)
     assert not loaded.training and loaded.config == model.config
     for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     assert_same_outputs(model, loaded)
     # a file inside the folder also resolves to it
-    assert load_pretrained(folder / "config.json").config == model.config
+    assert FractalGen.from_pretrained(folder / "config.json").config == model.config
 
 
 def test_bf16_save_loads_close(tmp_path):
@@ -68,7 +68,7 @@ def test_bf16_save_loads_close(tmp_path):
     with safe_open(str(tmp_path / "bf16" / "model.safetensors"), "pt") as f:
         assert f.metadata()["dtype"] == "bfloat16"
         assert f.get_tensor("fake_latent").dtype == torch.bfloat16
-    loaded = load_pretrained(tmp_path / "bf16")
+    loaded = FractalGen.from_pretrained(tmp_path / "bf16")
     assert loaded.fake_latent.dtype == torch.float32
     for k, v in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v, rtol=1e-2, atol=1e-2)
@@ -77,7 +77,7 @@ def test_bf16_save_loads_close(tmp_path):
     a = model.nll(x, exact=True, generator=gen()).nats
     b = loaded.nll(x, exact=True, generator=gen()).nats
     torch.testing.assert_close(a, b, rtol=1e-2, atol=0.5)
-    kept = load_pretrained(tmp_path / "bf16", dtype=None)
+    kept = FractalGen.from_pretrained(tmp_path / "bf16", dtype=None)
     assert kept.fake_latent.dtype == torch.bfloat16
 
 
@@ -86,7 +86,7 @@ def test_overwrite_replaces_and_leaves_no_temp(tmp_path):
     save_pretrained(old, tmp_path / "c")
     save_pretrained(new, tmp_path / "c")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
-    assert torch.equal(load_pretrained(tmp_path / "c").fake_latent, new.fake_latent)
+    assert torch.equal(FractalGen.from_pretrained(tmp_path / "c").fake_latent, new.fake_latent)
 
 
 @pytest.mark.parametrize("partial", [False, True])
@@ -106,7 +106,7 @@ def test_failed_save_keeps_old_checkpoint(tmp_path, monkeypatch, partial):
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # temporary folder cleaned up
     assert {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()} == before
-    assert_same_outputs(old, load_pretrained(tmp_path / "c"))
+    assert_same_outputs(old, FractalGen.from_pretrained(tmp_path / "c"))
 
 
 def test_save_into_folder_with_other_files(tmp_path, monkeypatch):
@@ -123,7 +123,7 @@ def test_save_into_folder_with_other_files(tmp_path, monkeypatch):
         save_pretrained(old, run)
     monkeypatch.undo()
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "log.txt", "model.safetensors"]
-    assert torch.equal(load_pretrained(run).fake_latent, tiny_model(1).fake_latent)
+    assert torch.equal(FractalGen.from_pretrained(run).fake_latent, tiny_model(1).fake_latent)
 
 
 def test_torn_pair_is_detected(tmp_path):
@@ -131,7 +131,7 @@ def test_torn_pair_is_detected(tmp_path):
     save_pretrained(tiny_model(num_classes=7), tmp_path / "b")
     (tmp_path / "a" / "config.json").write_text((tmp_path / "b" / "config.json").read_text())
     with pytest.raises(CheckpointError, match="different saves"):
-        load_pretrained(tmp_path / "a")
+        FractalGen.from_pretrained(tmp_path / "a")
 
 
 def test_truncated_or_corrupt_weights(tmp_path):
@@ -140,37 +140,37 @@ def test_truncated_or_corrupt_weights(tmp_path):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt.*re-download or re-save"):
-        load_pretrained(folder)
+        FractalGen.from_pretrained(folder)
     weights.write_bytes(b"not a safetensors file at all")
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_pretrained(folder)
+        FractalGen.from_pretrained(folder)
     weights.unlink()
     with pytest.raises(CheckpointError, match="model.safetensors is missing"):
-        load_pretrained(folder)
+        FractalGen.from_pretrained(folder)
 
 
 def test_missing_folder_config_and_names(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint folder"):
-        load_pretrained(tmp_path / "nowhere")
+        FractalGen.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="no checkpoint folder"):
-        load_pretrained("no-such-shipped-model")
+        FractalGen.from_pretrained("no-such-shipped-model")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="config.json is missing"):
-        load_pretrained(tmp_path / "empty")
+        FractalGen.from_pretrained(tmp_path / "empty")
     (tmp_path / "empty" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not a valid fractalgm config"):
-        load_pretrained(tmp_path / "empty")
+        FractalGen.from_pretrained(tmp_path / "empty")
     pth = tmp_path / "w.pth"
     torch.save({}, pth)
     with pytest.raises(CheckpointError, match="convert_reference"):
-        load_pretrained(pth)
+        FractalGen.from_pretrained(pth)
 
 
 def test_interrupted_swap_is_reported(tmp_path):
     save_pretrained(tiny_model(), tmp_path / "c")
     (tmp_path / "c").rename(tmp_path / ".c.old-1234abcd")  # died between the two renames
     with pytest.raises(CheckpointError, match=r"interrupted.*\.c\.old-1234abcd"):
-        load_pretrained(tmp_path / "c")
+        FractalGen.from_pretrained(tmp_path / "c")
 
 
 def test_key_mismatch_lists_keys(tmp_path):
@@ -183,7 +183,7 @@ def test_key_mismatch_lists_keys(tmp_path):
     sd["fake_latent"] = torch.zeros(1, 5)
     save_file(sd, str(folder / "model.safetensors"))  # no config copy in the metadata
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(folder)
+        FractalGen.from_pretrained(folder)
     msg = str(err.value)
     for part in ("does not match", "missing keys", "next_fractal.generator.mask_token", "unexpected keys",
                  "extra.weight", "shape mismatches", "fake_latent: [1, 5] vs [1, 32]"):
@@ -199,12 +199,12 @@ def test_list_pretrained_and_resolution(tmp_path, monkeypatch):
     (shipped / "not_a_model").mkdir()
     assert list_pretrained() == ["tiny_demo"]
     monkeypatch.chdir(tmp_path)
-    assert_same_outputs(model, load_pretrained("tiny_demo"))
+    assert_same_outputs(model, FractalGen.from_pretrained("tiny_demo"))
 
 
 def test_real_package_pretrained_dir_loads():
     for name in list_pretrained():  # whatever ships inside the package must load
-        load_pretrained(name)
+        FractalGen.from_pretrained(name)
 
 
 @pytest.mark.skipif(not hasattr(FractalGen, "from_pretrained"), reason="FractalGen methods not added yet")
@@ -230,7 +230,7 @@ def test_reference_pth_round_trip(tmp_path, wrap):
     assert list(got) == list(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
     converted = convert_reference(pth, tmp_path / "out", preset=model.config)
     assert_same_outputs(model, converted)
-    assert_same_outputs(model, load_pretrained(tmp_path / "out"))
+    assert_same_outputs(model, FractalGen.from_pretrained(tmp_path / "out"))
     fresh = FractalGen(model.config).eval()
     report = load_reference(fresh, pth)
     assert report.ok and report.loaded == len(sd)

@@ -1,7 +1,6 @@
 """The level contract and the modules around the recursion: specs, conditions, plans, scoring types, imports."""
 from __future__ import annotations
 
-import ast
 import math
 from pathlib import Path
 
@@ -198,34 +197,3 @@ def test_the_root_is_thin():
     public = {n for n in vars(FractalGen) if not n.startswith("_")}
     verbs = {"forward", "sample", "inpaint", "nll", "from_pretrained", "save_pretrained"}
     assert public == verbs | {"device"}  # and the device its parameters are on
-
-
-def test_no_import_cycle_between_modules():
-    """Module-level imports inside the package form no cycle (function-level imports aside)."""
-    graph = {}
-    for f in SRC.rglob("*.py"):
-        parts = f.relative_to(SRC.parent).with_suffix("").parts
-        mod = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        pkg = mod if parts[-1] == "__init__" else mod.rsplit(".", 1)[0]
-        deps = set()
-        for node in ast.parse(f.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-                if node.module:  # `from .m import x` runs m (and x may be a submodule of m)
-                    deps.add(target)
-                deps.update(f"{target}.{a.name}" for a in node.names)  # `from . import x` imports a module
-        graph[mod] = deps
-
-    done = set()
-
-    def visit(mod, path):
-        for dep in graph.get(mod, ()):
-            assert dep not in path, " → ".join(path[path.index(dep):] + [dep])
-            if dep in graph and dep not in done:
-                visit(dep, path + [dep])
-        done.add(mod)
-
-    assert {"fractalgm.models.fractal_gen", "fractalgm.convert", "fractalgm.presets"} <= set(graph)
-    for mod in graph:
-        visit(mod, [mod])

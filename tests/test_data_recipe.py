@@ -5,9 +5,11 @@ import torch
 from fractalgm import FractalGen, get_preset
 from fractalgm.cli import build_parser
 from fractalgm.data import ImageDataset
-from fractalgm.cli_train import resolve_options
-from fractalgm.recipe import grad_accum_for, world_change
-from fractalgm.train import TrainConfig, Trainer, lr_at
+from fractalgm.cli.train import resolve_options
+from fractalgm.training.recipe import grad_accum_for, world_change
+from fractalgm.training.config import TrainConfig
+from fractalgm.training.trainer import Trainer
+from fractalgm.training.optim import lr_at
 
 
 def parse(*argv):

@@ -15,7 +15,8 @@ from fractalgm import FractalGen, get_preset
 from fractalgm.cli import build_parser, main
 from fractalgm.data import (BadDataError, BatchFeed, BatchPlan, ImageFolder, TarShards, load_dataset,
                             open_dataset)
-from fractalgm.train import TrainConfig, Trainer
+from fractalgm.training.config import TrainConfig
+from fractalgm.training.trainer import Trainer
 
 
 def write_folder(root, classes=("cat", "dog"), per_class=12, size=(36, 44), mode="RGB", ext="png", seed=0):

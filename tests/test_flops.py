@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fractalgm import FractalConfig, LevelConfig, PixelHeadConfig, get_preset
-from fractalgm.flops import PAPER_TABLE1_GFLOPS, format_info, level_table, total_params
+from fractalgm.evaluate.flops import PAPER_TABLE1_GFLOPS, format_info, level_table, total_params
 
 PARAMS = {
     "fractalar_in64": 442068224,

@@ -9,7 +9,7 @@ from conftest import build, gen, random_images, tiny_config
 from test_model import perturb, single_level
 
 from fractalgm import Scoring, masks
-from fractalgm.animate import Recorder
+from fractalgm.viz.animate import Recorder
 from fractalgm.config import LevelConfig
 from fractalgm.models import Conditions, LevelSpec, MARGenerator, PixelHead
 from fractalgm.models.mar import cosine_schedule

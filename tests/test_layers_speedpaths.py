@@ -16,7 +16,7 @@ from fractalgm import FractalGen, get_preset
 from fractalgm.models import dropout as dropout_mod
 from fractalgm.models.dropout import Dropout, dropout, dropout_noise, set_fast_dropout
 from fractalgm.models.layers import KVCache, LlamaBlock, ViTBlock, _cpu_attention, attention, rope_2d_table
-from fractalgm.train import EMA
+from fractalgm.training.optim import EMA
 
 
 # ---------------------------------------------------------------------------- dropout

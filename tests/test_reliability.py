@@ -17,7 +17,8 @@ import torch
 from fractalgm import FractalGen, get_preset
 from fractalgm.cli import main
 from fractalgm.data import ImageDataset
-from fractalgm.train import TrainConfig, Trainer
+from fractalgm.training.config import TrainConfig
+from fractalgm.training.trainer import Trainer
 
 from conftest import needs_fmnist  # noqa: E402
 
@@ -143,7 +144,7 @@ def test_6_outputs_are_checked_before_the_work(tmp_path, capsys):
 
 
 def test_6_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    from fractalgm.checkpoint import atomic_write
+    from fractalgm.io.atomic import atomic_write
 
     target = tmp_path / "result.json"
     target.write_text("old")

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fractalgm.cli import build_parser, main
-from fractalgm.cli_train import resolve_options
-from fractalgm.train import TrainConfig
+from fractalgm.cli.train import resolve_options
+from fractalgm.training.config import TrainConfig
 
 
 def _num(v):

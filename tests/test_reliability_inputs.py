@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fractalgm.checkpoint import CheckpointError
+from fractalgm.io.checkpoint import CheckpointError
 
 _spec = importlib.util.spec_from_file_location("bad_inputs", Path(__file__).parents[1] / "benchmarks" / "bad_inputs.py")
 bad_inputs = importlib.util.module_from_spec(_spec)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fractalgm.serve.command import is_local
+from fractalgm.cli.serve import is_local
 from fractalgm.serve.jobs import CANCELLED, DONE, FAILED, Busy, Job, JobQueue
 from fractalgm.serve.limits import Limits
 from fractalgm.serve.uploads import UploadError, decode_image, decode_mask

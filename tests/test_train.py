@@ -7,7 +7,10 @@ import torch
 
 from fractalgm import FractalGen, get_preset
 from fractalgm.data import ImageDataset
-from fractalgm.train import EMA, NonFiniteLoss, SaveError, TrainConfig, Trainer, lr_at, param_groups
+from fractalgm.training.optim import EMA, lr_at, param_groups
+from fractalgm.training.resume import NonFiniteLoss, SaveError
+from fractalgm.training.config import TrainConfig
+from fractalgm.training.trainer import Trainer
 
 
 def tiny_dataset(n=64, seed=0):

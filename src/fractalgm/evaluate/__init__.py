@@ -1,8 +1,8 @@
 """Evaluation: bits/dim over a dataset, sample quality (pluggable feature extractors, FID/IS/PRDC,
 per-class accuracy), ADM-format sample files, and cost (parameters, FLOPs, throughput)."""
+from .bpd import dataset_bpd
 from .extractors import Extractor, get_extractor, list_extractors, register_extractor
 from .fid import FeatureStats, fid, frechet_distance
-from .likelihood import dataset_bpd
 from .quality import Reference, sample_quality
 from .samples import generate_samples_npz, load_samples_npz, save_samples_npz
 from .scores import class_accuracy, inception_score, prdc

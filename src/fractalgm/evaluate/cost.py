@@ -19,7 +19,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ..flops import level_table
+from .flops import level_table
 
 
 def network_evaluations(config, num_iter=None, guided: bool = False) -> dict:
@@ -79,7 +79,7 @@ def _timed(fn, device, repeats: int) -> float:
 def measure_cost(model, *, train_batch: int = 16, sample_batch: int = 8, repeats: int = 2, amp: str = "auto",
                  sampling: dict | None = None, measure: bool = True, seed: int = 0) -> dict:
     """Parameters, GFLOPs, network evaluations and (when `measure`) images/s and share of the matmul peak."""
-    from ..train import autocast_context
+    from ..runtime import autocast_context
 
     cfg, device = model.config, model.device
     sampling = dict(sampling or {})

@@ -6,9 +6,9 @@ name) and `num_images`; files without `extractor` (the reference's) are Inceptio
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

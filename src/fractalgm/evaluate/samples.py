@@ -140,7 +140,7 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
 def run_sample_npz(args, model, options: dict) -> Path | None:
     """`fractalgm sample --out X.npz`: --num-images in total; --labels (default: all classes) cycle, 'none'
     for unconditional samples. Joins the torchrun process group when launched by torchrun."""
-    from ..train import init_distributed
+    from ..runtime import init_distributed
 
     _, world, local_rank = init_distributed()
     if world > 1 and model.device.type == "cuda":  # one GPU per rank

@@ -22,6 +22,7 @@ from ..likelihood import Rows, Term, TokenScoring
 from ..patchify import PixelNorm
 from ..sampling import CanvasView, Known, SamplePlan
 
+
 @dataclass(frozen=True)
 class Conditions:
     """What each sequence of a level is conditioned on, (R, D) each.

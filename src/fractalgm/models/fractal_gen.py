@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..config import FractalConfig
 from ..likelihood import NLLResult, Rows, Term, TokenScoring, TrainingMasks, estimate_nll, score, training_loss
 from ..masks import check_known, warn_if_hidden
-from ..sampling import Known, make_plan, paired, start_canvas
+from ..sampling import Known, make_plan, start_canvas
 from .contract import Conditions, resolve_specs
 from .fractal import build_child, build_generator, generate_level, score_level
 from .inputs import check_images, check_labels, sample_count
@@ -43,12 +43,12 @@ class FractalGen(nn.Module):
     @classmethod
     def from_pretrained(cls, folder_or_name, device=None, dtype=torch.float32) -> "FractalGen":
         """Load a model folder (config.json + model.safetensors) or a shipped model by short name."""
-        from ..checkpoint import load_pretrained
-        return load_pretrained(folder_or_name, device=device, dtype=dtype)
+        from ..io.checkpoint import load_pretrained
+        return load_pretrained(folder_or_name, cls, device=device, dtype=dtype)
 
     def save_pretrained(self, folder, dtype=None):
         """Write config.json + model.safetensors atomically (optionally cast, e.g. to bfloat16)."""
-        from ..checkpoint import save_pretrained
+        from ..io.checkpoint import save_pretrained
         return save_pretrained(self, folder, dtype=dtype)
 
     @property

@@ -21,7 +21,6 @@ from torch.utils.checkpoint import checkpoint
 from .dropout import Dropout
 from .dropout import dropout as fast_dropout
 
-
 # cuDNN attention failed on H200 (torch 2.11) for many short sequences; the other kernels are exact
 _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 _MAX_CUDA_BATCH = 32768  # CUDA grids cap one dimension at 65535: split bigger batches

@@ -16,15 +16,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
-from fastapi import FastAPI, File, Form, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from .. import __version__
-from ..animate import paint_unknown, save_animation
-from ..viz import make_grid, to_pil
+from .._version import __version__
+from ..viz.animate import paint_unknown, save_animation
+from ..viz.grid import make_grid, to_pil
 from .jobs import CANCELLED, DONE, FINISHED, QUEUED, Busy, Job, JobQueue
 from .limits import Limits
 from .registry import ModelRegistry, UnknownModel

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import list_pretrained, resolve_pretrained
-from ..sampling import resolve_num_iter
+from ..io.checkpoint import list_pretrained, resolve_pretrained
 from ..models import FractalGen
+from ..sampling import resolve_num_iter
+
 
 class UnknownModel(KeyError):
     def __init__(self, name, available):

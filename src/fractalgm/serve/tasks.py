@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import masks
-from ..animate import NEUTRAL, paint_unknown
+from ..viz.animate import NEUTRAL, paint_unknown
 from .limits import Limits
 from .registry import ModelEntry
 from .schemas import InpaintParams, SamplingParams

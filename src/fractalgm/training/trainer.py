@@ -28,20 +28,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import atomic_write
-from .data import BatchFeed, BatchPlan, ImageSource
-from .models import FractalGen
+from ..data import BatchFeed, BatchPlan, ImageSource
+from ..io.atomic import atomic_write
+from ..models import FractalGen
+from ..runtime import autocast_context, init_distributed, resolve_device
+from .config import TrainConfig
+from .optim import EMA, adamw, lr_at
+from .resume import Checkpointing, NonFiniteLoss, describe_signal_exit
 from .runfolder import LOG_NAME, RunLock
 from .stopsignal import StopOnSignal
-from .train_checkpoint import Checkpointing, NonFiniteLoss, SaveError, describe_signal_exit
-from .train_config import TrainConfig
-from .train_parts import (EMA, adamw, autocast_context, init_distributed, lr_at, param_groups,  # noqa: F401
-                          resolve_device)
 
 DATA_LOG = "data_issues.tsv"  # skipped / converted input files, one per line
 
-__all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "SaveError", "EMA", "lr_at", "param_groups", "resolve_device",
-           "init_distributed", "autocast_context"]
+__all__ = ["Trainer"]
 
 
 class _OutOfTime(Exception):
@@ -225,7 +224,7 @@ class Trainer(Checkpointing):
         """Validation bpd of the EMA weights on a fixed subset with fixed masks (comparable over time).
 
         None when `deadline` (time.time()) passes or a stop signal arrives before the end."""
-        from .evaluate.likelihood import dataset_bpd
+        from ..evaluate.bpd import dataset_bpd
 
         with self._rng_kept():
             r = dataset_bpd(model, self.val_set, limit=self.cfg.val_images, batch_size=250, seed=1234,
@@ -236,7 +235,7 @@ class Trainer(Checkpointing):
     @torch.no_grad()
     def write_samples(self, model: FractalGen, deadline: float = math.inf, bar=None) -> bool:
         """A sample grid of the EMA weights; False when cut short by `deadline` or a stop signal."""
-        from .viz import save_grid
+        from ..viz.grid import save_grid
 
         def watch(level, canvas, unknown):
             if level == 0:
@@ -266,7 +265,7 @@ class Trainer(Checkpointing):
         return True
 
     def _sample_steps(self, model: FractalGen) -> int:
-        from .sampling import steps_per_level
+        from ..sampling import steps_per_level
 
         return steps_per_level(model.config)[0]
 
@@ -300,7 +299,7 @@ class Trainer(Checkpointing):
         atomic_write(self.out / "train_config.json", lambda tmp: tmp.write_text(text))
 
     def _plot(self):
-        from .viz import plot_metrics
+        from ..viz.grid import plot_metrics
 
         if (self.out / LOG_NAME).exists():
             atomic_write(self.out / "loss.png", lambda tmp: plot_metrics(self.out / LOG_NAME, tmp))

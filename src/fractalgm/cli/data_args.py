@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..validate import POSITIVE_INT
+from ..checks import POSITIVE_INT
 
 
 def add_data_args(q: argparse.ArgumentParser, default: bool = True) -> None:
@@ -34,7 +34,7 @@ def add_data_args(q: argparse.ArgumentParser, default: bool = True) -> None:
 
 
 def add_recipe_arg(t: argparse.ArgumentParser) -> None:
-    from ..recipe import RECIPES
+    from ..training.recipe import RECIPES
 
     t.add_argument("--recipe", choices=sorted(RECIPES), default=argparse.SUPPRESS, help="the paper's ImageNet "
                    "recipe: AdamW (0.9, 0.95), wd 0.05, blr 5e-5, 40 warm-up + cosine to 800 epochs, label drop "
@@ -46,8 +46,8 @@ def apply_recipe(name: str, train: dict, run: dict, given: set[str]) -> None:
     """Fill the recipe's TrainConfig values into `train` and its model options into `run`, except
     where a flag was given (`given`: the names of the options on the command line)."""
     from ..presets import get_preset
-    from ..recipe import RECIPES
-    from ..train_config import BUDGETS
+    from ..training.config import BUDGETS
+    from ..training.recipe import RECIPES
 
     recipe = RECIPES[name]
     if "preset" not in given:
@@ -69,7 +69,7 @@ def apply_recipe(name: str, train: dict, run: dict, given: set[str]) -> None:
 def open_for_model(options, split: str, channels: int, image_size: int):
     """The split of `options.data` (a Namespace of the data options above), shaped for a model of
     `channels` × `image_size`² (streaming where possible)."""
-    from .load import is_streamable, open_dataset
+    from ..data.load import is_streamable, open_dataset
 
     streaming = is_streamable(options.data)
     return open_dataset(options.data, split, data_dir=options.data_dir, image_size=options.image_size or image_size,
@@ -78,7 +78,7 @@ def open_for_model(options, split: str, channels: int, image_size: int):
 
 def data_rules(options) -> list:
     """(dest, unused?, why) for the data options that `options.data` cannot honour (see cli_common.refuse_unused)."""
-    from .sources import PRESETS
+    from ..data.sources import PRESETS
 
     builtin = options.data in PRESETS
     return [("data_dir", options.data != "fashion_mnist", f"it locates the Fashion-MNIST files; --data is {options.data}"),

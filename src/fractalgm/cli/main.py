@@ -11,21 +11,31 @@ import sys
 
 import torch
 
-from . import cli_train
-from .cli_generate import _load_model, cmd_inpaint, cmd_sample
-from .cli_common import check_output_file, given_flags, model_rules, refuse_unused, write_text_atomic
-from .data.cli_args import add_data_args as data_args, data_rules
-from .validate import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Number, NumberList,
-                       parse_device)
+from ..checks import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SEED,
+    Number,
+    NumberList,
+    parse_device,
+)
+from . import train as cli_train
+from .common import check_output_file, given_flags, model_rules, refuse_unused, write_text_atomic
+from .data_args import add_data_args as data_args
+from .data_args import data_rules
+from .generate import _load_model, cmd_inpaint, cmd_sample
 
 DEFAULT_MODEL = "fmnist-ar"  # the best shipped model: 2.811 exact test bits/dim, 91% of cfg-1.5 samples classified as their label
 
 
 # ---------------------------------------------------------------------------- nll
 def cmd_nll(args):
-    from .data import check_images
-    from .data.cli_args import open_for_model
-    from .evaluate.likelihood import dataset_bpd
+    from ..data import check_images
+    from ..evaluate.bpd import dataset_bpd
+    from .data_args import open_for_model
 
     if args.json:
         check_output_file(args.json, "--json")
@@ -55,12 +65,12 @@ def cmd_nll(args):
 
 # ---------------------------------------------------------------------------- info / convert
 def cmd_info(args):
-    from .flops import format_info
-    from .presets import get_preset, list_presets
+    from ..evaluate.flops import format_info
+    from ..presets import get_preset, list_presets
 
     refuse_unused(args, [("preset", args.list, "--list lists every preset; give one of them")])
     if args.list or not args.preset:
-        from .checkpoint import list_pretrained
+        from ..io.checkpoint import list_pretrained
 
         print("presets:", ", ".join(list_presets()))
         print("shipped models:", ", ".join(list_pretrained()) or "(none)")
@@ -69,7 +79,7 @@ def cmd_info(args):
 
 
 def cmd_convert(args):
-    from .convert import convert_reference
+    from ..io.convert import convert_reference
 
     model = convert_reference(args.checkpoint, args.out, preset=args.preset,
                               dtype=getattr(torch, args.dtype) if args.dtype else None)
@@ -79,7 +89,7 @@ def cmd_convert(args):
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import list_presets
+    from ..presets import list_presets
 
     p = argparse.ArgumentParser(prog="fractalgm", description=(
         "Fractal generative models: AR/MAR transformers nested level by level, generating images pixel "
@@ -191,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--list", action="store_true", help="list presets and shipped models (default: off)")
     i.set_defaults(fn=cmd_info)
 
-    from .cli_eval import add_parser as add_eval_parser
+    from .eval import add_parser as add_eval_parser
     add_eval_parser(sub)
 
     c = sub.add_parser("convert", help="reference .pth → model folder", description=(
@@ -203,16 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="cast the weights (default: keep the stored dtype)")
     c.set_defaults(fn=cmd_convert)
-    from .data import prepare_cli
+    from . import prepare as prepare_cli
     prepare_cli.add_parser(sub)
-    from .serve.command import add_parser as add_serve_parser
+    from .serve import add_parser as add_serve_parser
     add_serve_parser(sub)
     return p
 
 
 def main(argv=None):
     """Parse and run; a bad input or a failed run exits with a one-line `error:` (2: input, 1: run)."""
-    from .train_checkpoint import NonFiniteLoss, SaveError
+    from ..training.resume import NonFiniteLoss, SaveError
 
     args = build_parser().parse_args(argv)
     args.given = given_flags(build_parser, argv)  # a typed flag that would do nothing is refused

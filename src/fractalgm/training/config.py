@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from .validate import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Choice, Number,
-                       NumberList, device_problem)
+from ..checks import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SEED,
+    Choice,
+    Number,
+    NumberList,
+    device_problem,
+)
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 FLIP_MODES = ("auto", "on", "off")

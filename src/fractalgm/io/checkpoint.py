@@ -15,30 +15,32 @@ If the target folder holds files we do not own (e.g. a training run folder with 
 replace the directory: the two files are replaced one by one with `os.replace` (weights first), and
 the config copy inside the weights lets the loader detect a torn pair instead of silently mixing.
 
-Reference `.pth` checkpoints are read and converted by `fractalgm.convert`.
+Reference `.pth` checkpoints are read and converted by `fractalgm.io.convert`.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import FractalConfig
+from .._version import __version__
+from ..config import FractalConfig
+from .atomic import fsync_dir, fsync_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 _OWNED = {CONFIG_NAME, WEIGHTS_NAME}
 
-__all__ = ["CheckpointError", "atomic_write", "save_pretrained", "read_metadata", "load_pretrained", "list_pretrained",
+__all__ = ["CheckpointError", "LoadReport", "compare_state_dict", "save_pretrained", "read_metadata", "load_pretrained", "list_pretrained",
            "resolve_pretrained"]
 
 
@@ -47,51 +49,6 @@ class CheckpointError(ValueError):
 
 
 # ============================================================================ save
-def _fsync_file(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Write a file so that readers see the old one or the complete new one, never a torn one.
-
-    `write(tmp)` fills a temporary sibling (same suffix, so writers that infer the format from it
-    work); it is fsynced and renamed over `path`. On any failure (a full disk, a file-size limit, an
-    exception in `write`) the temporary file is removed and the previous `path` is untouched. The one
-    helper for every file we write: training state, logs, plots, sample grids, CLI outputs.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def _export_state(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors (floating ones cast to `dtype`), no two sharing storage."""
     out, seen = {}, set()
@@ -117,15 +74,13 @@ def _dtype_name(state: dict[str, torch.Tensor]) -> str:
 def _write_files(model, directory: Path, dtype: torch.dtype | None, suffix: str = "",
                  extra: Mapping[str, str] | None = None):
     """Write weights then config into `directory` (names + suffix), fsynced."""
-    from . import __version__
-
     state = _export_state(model, dtype)
     config_text = model.config.to_json()
     meta = {**(extra or {}), "format": "pt", "library": "fractalgm", "fractalgm_version": __version__,
             "dtype": _dtype_name(state), "config": config_text}
     weights, config = directory / (WEIGHTS_NAME + suffix), directory / (CONFIG_NAME + suffix)
     save_file(state, str(weights), metadata=meta)
-    _fsync_file(weights)
+    fsync_file(weights)
     with open(config, "w", encoding="utf-8") as f:
         f.write(config_text + "\n")
         f.flush()
@@ -159,7 +114,7 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, dtype: to
             weights, config = _write_files(model, folder, dtype, tag, metadata)
             os.replace(weights, folder / WEIGHTS_NAME)
             os.replace(config, folder / CONFIG_NAME)
-            _fsync_dir(folder)
+            fsync_dir(folder)
         finally:
             for p in (weights, config):
                 if p is not None and p.exists():
@@ -176,7 +131,7 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, dtype: to
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700: give the folder normal permissions
         for f in tmp.iterdir():
             f.chmod(0o666 & ~umask)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if folder.exists():
             backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(folder, backup)
@@ -185,11 +140,11 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, dtype: to
             except BaseException:
                 os.rename(backup, folder)
                 raise
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.rename(tmp, folder)
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -230,6 +185,47 @@ def resolve_pretrained(folder_or_name: str | os.PathLike) -> Path:
                     f"(rename it to {path.name}).")
     raise CheckpointError(f"no checkpoint folder {str(folder_or_name)!r} and no shipped model of that name "
                           f"(shipped: {', '.join(shipped) or 'none'}).{hint}")
+
+
+@dataclass
+class LoadReport:
+    """How a state_dict fits a model: keys it lacks, extra keys, and shape mismatches."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint, model
+    loaded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 10) -> str:
+        lines = []
+
+        def block(title, items):
+            if items:
+                more = f" (first {limit})" if len(items) > limit else ""
+                lines.append(f"  {title}: {len(items)}{more}")
+                lines.extend(f"    {x}" for x in items[:limit])
+
+        block("missing keys (in the model, not in the checkpoint)", self.missing)
+        block("unexpected keys (in the checkpoint, not in the model)", self.unexpected)
+        block("shape mismatches (checkpoint vs model)",
+              [f"{k}: {list(a)} vs {list(b)}" for k, a, b in self.mismatched])
+        return "\n".join(lines) if lines else "  all keys and shapes match"
+
+
+def compare_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
+    """Compare a state_dict with `model.state_dict()` by key and shape (no data is read)."""
+    own = model.state_dict()
+    report = LoadReport()
+    report.missing = [k for k in own if k not in state_dict]
+    report.unexpected = [k for k in state_dict if k not in own]
+    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                         if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    report.loaded = len(own) - len(report.missing) - len(report.mismatched)
+    return report
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -277,16 +273,14 @@ def _read_config(folder: Path) -> FractalConfig:
         raise CheckpointError(f"{CONFIG_NAME} in {folder} is not a valid fractalgm config ({e})") from e
 
 
-def load_pretrained(folder_or_name: str | os.PathLike, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = torch.float32):
-    """Load a FractalGen saved by `save_pretrained` (a folder, or the name of a shipped model).
+def load_pretrained(folder_or_name: str | os.PathLike, build: Callable[[FractalConfig], torch.nn.Module],
+                    device: str | torch.device | None = None, dtype: torch.dtype | None = torch.float32):
+    """Load a model saved by `save_pretrained` (a folder, or the name of a shipped model).
 
+    `build(config)` makes the empty model (`FractalGen`): storage knows configs, not model classes.
     Floating weights are cast to `dtype` (default float32; None keeps the stored dtype) and the
     model is moved to `device`. Returned in eval mode.
     """
-    from .convert import compare_state_dict
-    from .models import FractalGen
-
     folder = resolve_pretrained(folder_or_name)
     config = _read_config(folder)
     state, meta = _read_safetensors(folder / WEIGHTS_NAME)
@@ -299,7 +293,7 @@ def load_pretrained(folder_or_name: str | os.PathLike, device: str | torch.devic
             raise CheckpointError(f"{CONFIG_NAME} and {WEIGHTS_NAME} in {folder} come from different saves "
                                   "(an interrupted or concurrent save?); re-save the checkpoint")
     _check_finite(state, folder)
-    model = FractalGen(config)
+    model = build(config)
     report = compare_state_dict(model, state)
     if not report.ok:
         raise CheckpointError(f"{WEIGHTS_NAME} in {folder} does not match its {CONFIG_NAME}:\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..validate import POSITIVE, POSITIVE_INT, Number, parse_device
+from ..checks import POSITIVE, POSITIVE_INT, Number, parse_device
 
 LOCAL_HOSTS = ("localhost",)
 
@@ -46,7 +46,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from ..cli_common import refuse_unused
+    from .common import refuse_unused
 
     refuse_unused(args, [("allow_remote", is_local(args.host), f"--host {args.host} is this machine only")])
     if not is_local(args.host) and not args.allow_remote:
@@ -57,11 +57,11 @@ def run(args):
     try:
         import uvicorn
 
-        from .app import create_app
+        from ..serve.app import create_app
     except ImportError as e:
         raise SystemExit(f"`fractalgm serve` needs the serve extra: pip install 'fractalgm[serve]' ({e})")
-    from ..train import resolve_device
-    from .limits import Limits
+    from ..runtime import resolve_device
+    from ..serve.limits import Limits
 
     limits = Limits(queue_size=args.queue_size, workers=args.workers, max_images=args.max_images,
                     max_steps=args.max_steps, max_seconds=args.max_seconds,

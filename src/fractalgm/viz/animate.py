@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .viz import make_grid
+from .grid import make_grid
 
 NEUTRAL = 128  # grey for unknown pixels
 MAX_FPS = 50  # GIF delays are in 1/100 s and viewers slow down anything under 2/100 s

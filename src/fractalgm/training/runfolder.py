@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from ..io.atomic import atomic_write
 
 LOCK_NAME = ".lock"
 STATE_NAME = "train_state.pt"

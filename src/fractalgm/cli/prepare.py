@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .folder import ImageFolder, split_dirs
-from .images import BadImage, SKIP_HINT
-from .shards import META, ShardWriter
+from ..data.folder import ImageFolder, split_dirs
+from ..data.images import SKIP_HINT, BadImage
+from ..data.shards import META, ShardWriter
 
 
 def add_parser(subparsers) -> None:
@@ -66,7 +66,7 @@ def _encode(job: tuple[int, str, int]):
 def run(args) -> dict:
     from tqdm import tqdm
 
-    from ..cli_common import refuse_unused
+    from .common import refuse_unused
 
     refuse_unused(args, [("quality", args.format != "jpg", "it is the JPEG quality of --format jpg")])
     if args.image_size <= 0 or args.shard_size <= 0 or args.workers < 1:

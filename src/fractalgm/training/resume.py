@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import CheckpointError, atomic_write, read_metadata, save_pretrained
+from ..io.atomic import atomic_write
+from ..io.checkpoint import CheckpointError, read_metadata, save_pretrained
 from .runfolder import MODEL_DIR, STATE_NAME, remove_leftovers, truncate_log
 
 EXPLODED = 1e4  # |weight| beyond this is a blown-up update (healthy weights here are O(1))

@@ -13,50 +13,20 @@ import functools
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, save_pretrained
-from .config import FractalConfig
-from .models import FractalGen
-from .presets import get_preset, list_presets
+from ..config import FractalConfig
+from ..models import FractalGen
+from ..presets import get_preset, list_presets
+from .checkpoint import CheckpointError, LoadReport, compare_state_dict, save_pretrained
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "ema")
 _PREFIXES = ("module.", "_orig_mod.")
 
 __all__ = ["LoadReport", "load_reference_state_dict", "compare_state_dict", "load_reference", "infer_preset",
            "convert_reference"]
-
-
-@dataclass
-class LoadReport:
-    """How a state_dict fits a model: keys it lacks, extra keys, and shape mismatches."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint, model
-    loaded: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def describe(self, limit: int = 10) -> str:
-        lines = []
-
-        def block(title, items):
-            if items:
-                more = f" (first {limit})" if len(items) > limit else ""
-                lines.append(f"  {title}: {len(items)}{more}")
-                lines.extend(f"    {x}" for x in items[:limit])
-
-        block("missing keys (in the model, not in the checkpoint)", self.missing)
-        block("unexpected keys (in the checkpoint, not in the model)", self.unexpected)
-        block("shape mismatches (checkpoint vs model)",
-              [f"{k}: {list(a)} vs {list(b)}" for k, a, b in self.mismatched])
-        return "\n".join(lines) if lines else "  all keys and shapes match"
 
 
 def _is_state_dict(obj) -> bool:
@@ -127,18 +97,6 @@ def load_reference_state_dict(path_or_state_dict, key: str | None = None) -> dic
         raise CheckpointError(f"could not find a state_dict of tensors in {where} ({what}); pass key=... "
                               "to pick the entry holding the weights")
     return _strip_prefixes(obj)
-
-
-def compare_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
-    """Compare a state_dict with `model.state_dict()` by key and shape (no data is read)."""
-    own = model.state_dict()
-    report = LoadReport()
-    report.missing = [k for k in own if k not in state_dict]
-    report.unexpected = [k for k in state_dict if k not in own]
-    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
-                         if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    report.loaded = len(own) - len(report.missing) - len(report.mismatched)
-    return report
 
 
 def load_reference(model: torch.nn.Module, state_dict, strict: bool = True) -> LoadReport:

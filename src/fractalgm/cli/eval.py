@@ -8,20 +8,16 @@ cfg, one line per temperature) and the samples of each setting as ADM-format .np
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import torch
-
-from .presets import list_presets
-from .validate import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, NumberList,
-                       parse_device)
+from ..checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, NumberList, parse_device
+from ..presets import list_presets
 
 
 def add_parser(subparsers):
     e = subparsers.add_parser("eval", help="bits/dim, FID/IS/precision/recall over a guidance sweep, cost",
                               description=__doc__.split("\n\n")[0])
-    from .cli import DEFAULT_MODEL
+    from .main import DEFAULT_MODEL
 
     e.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or shipped model name (default: {DEFAULT_MODEL})")
     e.add_argument("--preset", choices=list_presets(), metavar="PRESET", help="an untrained preset instead of "
@@ -81,7 +77,7 @@ def _settings(args) -> list[tuple[float, float]]:
 
 def _refuse_unused_flags(args, model=None):
     """Flags that the others (or, once loaded, the model) leave without effect: refused, not ignored."""
-    from .cli_common import model_rules, refuse_unused
+    from .common import model_rules, refuse_unused
 
     if model is None:
         from_file = "--samples evaluates that file: nothing is sampled"
@@ -112,13 +108,13 @@ def _refuse_unused_flags(args, model=None):
 
 
 def run(args):
-    from .cli import _load_model
-    from .data import check_images, load_dataset
-    from .evaluate.extractors import default_extractor, get_extractor
-    from .evaluate.likelihood import dataset_bpd
-    from .evaluate.quality import Reference, sample_quality
-    from .evaluate.report import plot_guidance, write_markdown
-    from .evaluate.samples import generate_samples_npz, load_samples_npz
+    from ..data import check_images, load_dataset
+    from ..evaluate.bpd import dataset_bpd
+    from ..evaluate.extractors import default_extractor, get_extractor
+    from ..evaluate.quality import Reference, sample_quality
+    from ..evaluate.report import plot_guidance, write_markdown
+    from ..evaluate.samples import generate_samples_npz, load_samples_npz
+    from .main import _load_model
 
     settings = _settings(args)
     _refuse_unused_flags(args)
@@ -181,7 +177,7 @@ def run(args):
     report["recommended"] = {"cfg": best["cfg"], "temperature": best["temperature"], "by": "lowest FID",
                              "fid": best["fid"]}
     if not args.no_cost:
-        from .evaluate.cost import measure_cost
+        from ..evaluate.cost import measure_cost
 
         report["cost"] = measure_cost(model, sampling={"num_iter": num_iter, "cfg": best["cfg"],
                                                        "temperature": best["temperature"]})

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import FractalConfig
-from .models import Conditions, FractalGen
+from ..config import FractalConfig
+from ..models import Conditions, FractalGen
 
 # Paper Table 1 (GFLOPs per training forward, batch 1): generator levels then the pixel level.
 PAPER_TABLE1_GFLOPS: dict[str, tuple[float, ...]] = {

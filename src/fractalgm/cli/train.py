@@ -12,10 +12,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .cli_common import add_dataclass_flags, refuse_unused
-from .data.cli_args import add_data_args, add_recipe_arg, apply_recipe, data_rules, open_for_model
-from .train_config import BUDGETS, TrainConfig
-from .validate import FRACTION, NON_NEGATIVE, parse_device
+from ..checks import FRACTION, NON_NEGATIVE, parse_device
+from ..training.config import BUDGETS, TrainConfig
+from .common import add_dataclass_flags, refuse_unused
+from .data_args import add_data_args, add_recipe_arg, apply_recipe, data_rules, open_for_model
 
 # the options that are not TrainConfig fields, with their defaults (saved under "run" in train_config.json)
 RUN_DEFAULTS = {"preset": "fractalar_fmnist_lite", "data": "fashion_mnist", "data_dir": None, "image_size": None,
@@ -28,7 +28,7 @@ BENIGN_ON_RESUME = {"steps", "epochs", "minutes", "log_every", "eval_every", "sa
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .presets import list_presets
+    from ..presets import list_presets
 
     t = sub.add_parser("train", help="train a preset on a dataset", description=(
         "Train a model. Writes metrics.jsonl, loss.png, sample grids, an EMA model folder and a resumable "
@@ -94,7 +94,7 @@ def resolve_options(args: argparse.Namespace) -> tuple[TrainConfig, dict, dict]:
 
 
 def _model_config(run: dict, num_classes: int):
-    from .presets import get_preset
+    from ..presets import get_preset
 
     cfg = get_preset(run["preset"])
     overrides = {"num_classes": num_classes} if cfg.num_classes != num_classes else {}
@@ -112,11 +112,11 @@ def _model_config(run: dict, num_classes: int):
 def run(args):
     import torch
 
-    from .config import FractalConfig
-    from .data import check_images
-    from .models import FractalGen
-    from .runfolder import check_can_start
-    from .train import Trainer
+    from ..config import FractalConfig
+    from ..data import check_images
+    from ..models import FractalGen
+    from ..training.runfolder import check_can_start
+    from ..training.trainer import Trainer
 
     out = Path(args.out)
     check_can_start(out, args.resume, args.overwrite)  # before anything slow

@@ -1,31 +1,10 @@
-"""The pieces a training step is made of: devices and the process group, the reference's AdamW groups,
-the warm-up + cosine schedule, the EMA of the weights, and mixed precision."""
+"""The optimisation of a training step: the reference's AdamW groups, the warm-up + cosine schedule and
+the EMA of the weights."""
 from __future__ import annotations
 
 import math
-import os
-from contextlib import nullcontext
 
 import torch
-import torch.distributed as dist
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); joins the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -81,13 +60,3 @@ class EMA:
 
     def copy_to(self, model: torch.nn.Module):
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
-
-
-def autocast_context(amp: str, device: torch.device):
-    if amp == "auto":
-        amp = "bf16" if device.type in ("cpu", "cuda") else "none"
-    if amp == "none":
-        return nullcontext(), None
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-    return torch.autocast(device.type, dtype=dtype), scaler

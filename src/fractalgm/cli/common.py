@@ -12,7 +12,7 @@ import uuid
 from dataclasses import fields
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from ..io.atomic import atomic_write
 
 
 def image_suffixes() -> set[str]:
@@ -66,7 +66,7 @@ def check_output_folder(path, arg: str) -> Path:
 
 
 def save_grid_atomic(images, path, **kwargs):
-    from .viz import save_grid
+    from ..viz.grid import save_grid
 
     return atomic_write(path, lambda tmp: save_grid(images, tmp, **kwargs))
 
@@ -81,7 +81,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, types:
     Flags are left unset when not given (argparse.SUPPRESS), so a caller can tell an explicit value
     from a default, e.g. to let `--resume` read the saved ones. `types` overrides the parse function.
     """
-    from .validate import Choice
+    from ..checks import Choice
 
     group = parser.add_argument_group(title)
     for f in fields(cls):
@@ -155,7 +155,7 @@ def check_grid_size(count: int, size: int, scale: int, hint: str):
 
 def check_animation_memory(config, num_iter, count: int):
     """The recorded frames of --animate (one per step of every level, depth first) must fit in memory."""
-    from .sampling import steps_per_level
+    from ..sampling import steps_per_level
 
     frames, run = 1, 1
     for steps in steps_per_level(config, num_iter):

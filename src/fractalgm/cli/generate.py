@@ -8,9 +8,18 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write
-from .cli_common import (check_animation_memory, check_grid_size, check_output_file, check_output_folder,
-                         check_output_image, model_rules, refuse_unused, sampling_rules, save_grid_atomic)
+from ..io.atomic import atomic_write
+from .common import (
+    check_animation_memory,
+    check_grid_size,
+    check_output_file,
+    check_output_folder,
+    check_output_image,
+    model_rules,
+    refuse_unused,
+    sampling_rules,
+    save_grid_atomic,
+)
 
 
 def _labels(text: str | None, num_classes: int, arg: str = "--labels"):
@@ -42,7 +51,7 @@ def _check_sampling(args, model):
         raise ValueError(f"--cfg {args.cfg:g}: classifier-free guidance needs labels (give --labels / --label, "
                          "or --cfg 1)")
     if args.animate:
-        from .animate import check_path
+        from ..viz.animate import check_path
 
         try:
             check_path(args.animate)
@@ -52,9 +61,9 @@ def _check_sampling(args, model):
 
 
 def _load_model(args):
-    from .models import FractalGen, create_model
-    from .presets import list_presets
-    from .train import resolve_device
+    from ..models import FractalGen, create_model
+    from ..presets import list_presets
+    from ..runtime import resolve_device
 
     device = resolve_device(args.device)
     if getattr(args, "preset", None):
@@ -89,7 +98,7 @@ def cmd_sample(args):
     cfg = model.config
     _check_sampling(args, model)
     if args.out.endswith(".npz"):  # samples at scale, ADM format, resumable, one share per torchrun rank
-        from .evaluate.samples import run_sample_npz
+        from ..evaluate.samples import run_sample_npz
         return run_sample_npz(args, model, _sampling_options(args, model))
     labels = _labels(args.labels, cfg.num_classes)
     if labels is not None:
@@ -122,7 +131,7 @@ class _Progress:
     def __init__(self, model, num_iter, inner=None):
         from tqdm import tqdm
 
-        from .sampling import steps_per_level
+        from ..sampling import steps_per_level
 
         total = steps_per_level(model.config, num_iter)[0]
         self.inner = inner
@@ -153,7 +162,7 @@ def _sampling_options(args, model) -> dict:
 def _recorder(args):
     if not args.animate:
         return None
-    from .animate import Recorder, check_path
+    from ..viz.animate import Recorder, check_path
 
     check_path(args.animate)  # before the long sampling run
     return Recorder()
@@ -162,7 +171,7 @@ def _recorder(args):
 def _write_animation(args, recorder, model, nrow: int, by_column: bool = False):
     if recorder is None:
         return
-    from .animate import save_animation
+    from ..viz.animate import save_animation
 
     scale = max(1, math.ceil(96 / model.config.image_size))  # each image at least ~96 px on screen
     info = {}
@@ -174,7 +183,7 @@ def _write_animation(args, recorder, model, nrow: int, by_column: bool = False):
 
 # ---------------------------------------------------------------------------- inpaint
 def _mask(args, size: int) -> torch.Tensor:
-    from . import masks
+    from .. import masks
 
     if args.mask:
         known = masks.from_png(args.mask, size, white_is_known=args.mask_white_known)
@@ -201,7 +210,7 @@ def _mask(args, size: int) -> torch.Tensor:
 
 
 def cmd_inpaint(args):
-    from .animate import paint_unknown
+    from ..viz.animate import paint_unknown
 
     from_files = "the images come from --image files, not from a dataset"
     refuse_unused(args, model_rules(args) + [
@@ -209,7 +218,7 @@ def cmd_inpaint(args):
         *((dest, bool(args.image), from_files) for dest in ("split", "data", "data_dir", "image_size", "channels",
                                                             "skip_bad"))])
     if not args.image:
-        from .data.cli_args import data_rules
+        from .data_args import data_rules
 
         refuse_unused(args, data_rules(args))
     check_output_image(args.out)
@@ -219,13 +228,13 @@ def cmd_inpaint(args):
     S, K = cfg.image_size, args.num_samples
     true_labels = None
     if args.image:
-        from .data import read_image
+        from ..data import read_image
 
         images = torch.stack([read_image(p, cfg.channels, S, say=lambda t: print(f"note: --image {t}", file=sys.stderr))
                               for p in args.image])
     else:
-        from .data import check_images
-        from .data.cli_args import open_for_model
+        from ..data import check_images
+        from .data_args import open_for_model
 
         data = open_for_model(args, args.split, cfg.channels, S)
         check_images(data, cfg.channels, S)
