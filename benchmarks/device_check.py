@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from fractalgm import FractalConfig, FractalGen, Scoring, get_preset, likelihood
+from fractalgm import FractalConfig, FractalGen, make_scoring, get_preset, likelihood
 from fractalgm.likelihood import pooled_loss
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden"
@@ -40,7 +40,7 @@ def golden(device) -> float:
             if "masks" in case:
                 masks = [torch.tensor([[b == "1" for b in bits] for bits in lv["bits"]], device=device)
                          for lv in case["masks"]["levels"]]
-            scoring = Scoring("fixed", masks=masks) if masks else Scoring("random")
+            scoring = make_scoring("fixed", masks=masks) if masks else make_scoring("random")
             with torch.no_grad():
                 batch = float(pooled_loss(likelihood.terms(model, images, None, scoring)))
             per = likelihood.score(model, images, None, scoring).reference_loss.cpu()

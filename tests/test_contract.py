@@ -9,7 +9,7 @@ import torch
 from conftest import build, gen, random_images, tiny_config
 from test_model import CONFIGS, config, perturb
 
-from fractalgm import Scoring, get_preset, likelihood, list_presets, masks
+from fractalgm import make_scoring, get_preset, likelihood, list_presets, masks
 from fractalgm.likelihood import ExactOrder, FixedMasks, RandomMasks, Rows, TrainingMasks
 from fractalgm.models import Conditions, FractalGen, LevelSpec, MARGenerator, PixelLevel, resolve_specs
 from fractalgm.sampling import SamplePlan, make_plan, steps_per_level
@@ -26,7 +26,7 @@ def test_specs_resolve_the_config_once(name):
     for i, s in enumerate(specs):
         assert s.cond_dim == cfg.cond_dim(i) and s.num_conds == cfg.cond_tokens(i)
         assert s.child_conds == (specs[i + 1].num_conds if i + 1 < len(specs) else 1)
-        assert (s.guide_head is not None) == cfg.has_guiding_pixel(i)
+        assert (s.guiding_pixel_head is not None) == cfg.has_guiding_pixel(i)
         assert s.pixels.mean == cfg.pixel_mean and s.pixels.std == cfg.pixel_std
         assert s.token_dim == cfg.channels * s.level.patch_size**2
     assert head.cond_dim == cfg.levels[-1].width and head.first_weight == cfg.r_weight
@@ -71,12 +71,12 @@ def test_conditions_take_first_and_guide():
     c = Conditions(mid, nb, torch.ones(3, 1))
     assert c.rows == 3 and len(c.tokens) == 5 and c.tokens[0] is mid
     sub = c.take(torch.tensor([2, 0]))
-    assert torch.equal(sub.middle, mid[[2, 0]]) and torch.equal(sub.guide, torch.ones(2, 1))
+    assert torch.equal(sub.middle, mid[[2, 0]]) and torch.equal(sub.guiding_pixel, torch.ones(2, 1))
     assert all(torch.equal(a, b[[2, 0]]) for a, b in zip(sub.neighbours, nb))
     first = c.first(2)
-    assert len(first.tokens) == 2 and first.guide is None  # the guiding pixel never passes down
+    assert len(first.tokens) == 2 and first.guiding_pixel is None  # the guiding pixel never passes down
     assert c.first(1).neighbours == () and Conditions.repeated(mid, 3).tokens == (mid, mid, mid)
-    assert c.with_guide(torch.zeros(3, 1)).guide.sum() == 0 and c.guide.sum() == 3
+    assert c.with_guiding_pixel(torch.zeros(3, 1)).guiding_pixel.sum() == 0 and c.guiding_pixel.sum() == 3
 
 
 # ---------------------------------------------------------------------------- the sampling plan
@@ -131,11 +131,11 @@ def test_plan_child_and_bad_options():
 def test_scoring_by_name_gives_distinct_types():
     g = gen(0)
     m = [torch.ones(2, 16, dtype=torch.bool)]
-    assert type(Scoring("train", g)) is TrainingMasks and Scoring("train").mode == "train"
-    assert type(Scoring("random", g)) is RandomMasks and not Scoring().exact
-    assert Scoring(shared_count=True).shared_count
-    assert type(Scoring("exact", order="raster")) is ExactOrder and Scoring("exact").exact
-    assert type(Scoring("fixed", masks=m)) is FixedMasks and Scoring("fixed", masks=m).masks is m
+    assert type(make_scoring("train", g)) is TrainingMasks and make_scoring("train").mode == "train"
+    assert type(make_scoring("random", g)) is RandomMasks and not make_scoring().exact
+    assert make_scoring(shared_count=True).shared_count
+    assert type(make_scoring("exact", order="raster")) is ExactOrder and make_scoring("exact").exact
+    assert type(make_scoring("fixed", masks=m)) is FixedMasks and make_scoring("fixed", masks=m).masks is m
     with pytest.raises(ValueError, match="order"):
         ExactOrder(order="zigzag")
 
@@ -144,7 +144,7 @@ def test_scoring_by_name_gives_distinct_types():
                                      ExactOrder(gen(3)), ExactOrder(order="raster")], ids=lambda s: repr(s)[:24])
 def test_selections_are_consistent(scoring):
     R, L = 7, 9
-    pick = scoring.select(0, "mar", R, L, "cpu")
+    pick = scoring.select(0, False, R, L, "cpu")
     assert pick.mask.shape == pick.score.shape and pick.mask.size(1) == L
     assert pick.source.shape == pick.weight.shape == (pick.mask.size(0),)
     assert (pick.score.sum(1) >= 1).all() and not (pick.score & ~pick.mask).any()  # scored tokens are hidden
@@ -156,13 +156,13 @@ def test_selections_are_consistent(scoring):
     else:
         assert torch.equal(pick.source, torch.arange(R))
         assert torch.allclose(pick.weight, L / pick.score.sum(1).float())
-    every = scoring.select(0, "ar", R, L, "cpu")  # AR levels score every token once, whatever the mode
+    every = scoring.select(0, True, R, L, "cpu")  # AR levels score every token once, whatever the mode
     assert every.mask.all() and every.score.all() and (every.weight == 1).all()
 
 
 def test_rows_descend_one_per_scored_token():
     rows = Rows(torch.tensor([0, 0, 1]), torch.tensor([1.0, 2.0, 3.0]))
-    pick = FixedMasks([torch.tensor([[True, False], [True, True], [False, True]])]).select(0, "mar", 3, 2, "cpu")
+    pick = FixedMasks([torch.tensor([[True, False], [True, True], [False, True]])]).select(0, False, 3, 2, "cpu")
     sub = rows.descend(pick)
     assert sub.owner.tolist() == [0, 0, 0, 1] and sub.weight.tolist() == [2.0, 2.0, 2.0, 6.0]
 
@@ -171,12 +171,12 @@ def test_likelihood_functions_match_the_model_verbs():
     cfg = config("mar-mar-gp-c1")
     model = perturb(build(cfg))
     images = random_images(cfg, 3)
-    s = likelihood.score(model, images, None, Scoring("exact", gen(0)))
+    s = likelihood.score(model, images, None, make_scoring("exact", gen(0)))
     assert torch.equal(s.nats, model.nll(images, exact=True, generator=gen(0)).nats)
     model.eval()
     with torch.no_grad():
-        loss = likelihood.training_loss(likelihood.terms(model, images, None, Scoring("train", gen(1))))
-        assert torch.equal(loss, model(images, None, Scoring("train", gen(1))))
+        loss = likelihood.training_loss(likelihood.terms(model, images, None, make_scoring("train", gen(1))))
+        assert torch.equal(loss, model(images, None, make_scoring("train", gen(1))))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

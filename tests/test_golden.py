@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import GOLDEN
-from fractalgm import FractalConfig, FractalGen, Scoring, likelihood
+from fractalgm import FractalConfig, FractalGen, make_scoring, likelihood
 from fractalgm.likelihood import pooled_loss
 
 NAMES = ("ar_tiny", "mar_tiny", "mar_gp_tiny")
@@ -46,9 +46,9 @@ def case_masks(case) -> list[torch.Tensor] | None:
     return [torch.tensor([[ch == "1" for ch in bits] for bits in lv["bits"]]) for lv in case["masks"]["levels"]]
 
 
-def scoring_for(masks) -> Scoring:
+def scoring_for(masks) -> make_scoring:
     # ar_tiny has no MAR level: AR levels score everything whatever the scoring mode.
-    return Scoring("fixed", masks=masks) if masks is not None else Scoring("random", generator=torch.Generator())
+    return make_scoring("fixed", masks=masks) if masks is not None else make_scoring("random", generator=torch.Generator())
 
 
 def image_masks(masks, index: int, batch: int):

@@ -8,7 +8,7 @@ import torch
 from conftest import build, gen, random_images, tiny_config
 from test_model import perturb, single_level
 
-from fractalgm import Scoring, masks
+from fractalgm import make_scoring, masks
 from fractalgm.viz.animate import Recorder
 from fractalgm.config import LevelConfig
 from fractalgm.models import Conditions, LevelSpec, MARGenerator, PixelHead
@@ -200,7 +200,7 @@ def test_inpainting_samples_the_models_conditional(kind, missing):
     else:  # the missing pixel predicted with the three others revealed (a fixed mask, weight L/1)
         mask = torch.zeros(256, 4, dtype=torch.bool)
         mask[:, missing] = True
-        logp = -model.nll(candidates, scoring=Scoring("fixed", masks=[mask])).nats / 4
+        logp = -model.nll(candidates, scoring=make_scoring("fixed", masks=[mask])).nats / 4
     probs = torch.softmax(logp.double(), 0)
     N = 20_000
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import build, gen, perturb, random_images, tiny_config
-from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, Scoring, likelihood
+from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, make_scoring, likelihood
 from fractalgm.likelihood import truncated_normal_ratio
 from fractalgm.models import ARGenerator, Conditions, LevelSpec, MARGenerator, PixelHead
 from fractalgm.models.layers import KVCache
@@ -60,7 +60,7 @@ def test_shapes_and_dtypes(name):
     model.train()
     loss = model(images, labels)
     assert loss.shape == () and loss.dtype == torch.float32 and loss.requires_grad and torch.isfinite(loss)
-    terms = likelihood.terms(model, images, labels, Scoring("train", gen(0)))
+    terms = likelihood.terms(model, images, labels, make_scoring("train", gen(0)))
     want_names = {"pixel"} | {f"guiding_pixel_level{i}" for i in range(len(cfg.levels)) if cfg.has_guiding_pixel(i)}
     assert {t.name for t in terms} == want_names
     for t in terms:
@@ -190,7 +190,7 @@ def test_exact_scoring_is_sequential(name):
 
     def pixel_ce(imgs):
         with torch.no_grad():
-            terms = likelihood.terms(model, imgs, None, Scoring("exact", order="raster"))
+            terms = likelihood.terms(model, imgs, None, make_scoring("exact", order="raster"))
         (t,) = [t for t in terms if t.name == "pixel"]
         assert torch.equal(t.owner, torch.arange(2).repeat_interleave(L0 * L1))
         return t.ce.view(2, L0, L1, C)  # image, patch (raster), pixel in patch (raster), gen position
@@ -359,7 +359,7 @@ def test_sampling_embeds_the_sampled_guiding_pixel(monkeypatch):
     cfg = tiny_config(("mar", "mar"), guiding_pixel=True)
     model = perturb(build(cfg))
     level = model.next_fractal
-    head = level.generator.guide_head
+    head = level.generator.guiding_pixel_head
     sampled, seen = [], []
     guide_sample, predict = head.sample, level.generator.predict
 
@@ -369,7 +369,7 @@ def test_sampling_embeds_the_sampled_guiding_pixel(monkeypatch):
         return out
 
     def recording_predict(tokens, mask, conds, *count):
-        seen.append((len(sampled), conds.guide.clone()))
+        seen.append((len(sampled), conds.guiding_pixel.clone()))
         return predict(tokens, mask, conds, *count)
 
     monkeypatch.setattr(head, "sample", recording_sample)
@@ -603,7 +603,7 @@ def test_last_subpixel_conditional_is_normalised(kind):
     images[:, 0, 3, 3] = torch.arange(256, dtype=torch.uint8)  # the last pixel in raster-of-raster order
     with torch.no_grad():
         nats = model.nll(images, exact=True, order="raster").nats
-        terms = likelihood.terms(model, base, None, Scoring("exact", order="raster"))
+        terms = likelihood.terms(model, base, None, make_scoring("exact", order="raster"))
     (t,) = terms
     prefix = t.ce.double().sum() - t.ce[-1].double().sum()  # everything but the last pixel's term
     assert torch.logsumexp(-nats, 0).item() == pytest.approx(-prefix.item(), abs=1e-5)
@@ -619,7 +619,7 @@ def test_random_masking_estimator_is_unbiased():
     batch = images.repeat_interleave(reps, 0)
     for shared in (False, True):
         if shared:  # the reference: one count per call for all rows
-            est = torch.stack([likelihood.score(model, batch[::reps // 25], None, Scoring("random", gen(s), shared_count=True)).nats
+            est = torch.stack([likelihood.score(model, batch[::reps // 25], None, make_scoring("random", gen(s), shared_count=True)).nats
                                for s in range(64)]).view(64, 2, 25).permute(1, 0, 2).reshape(2, -1)
         else:
             res = model.nll(batch, passes=4, generator=gen(0))
@@ -705,19 +705,19 @@ def test_scoring_validation():
     model = build(config("mar-mar"))
     images = random_images(model.config, 2)
     with pytest.raises(ValueError, match="scoring mode"):
-        Scoring("bogus")
+        make_scoring("bogus")
     with pytest.raises(ValueError, match="needs masks"):
-        Scoring("fixed")
+        make_scoring("fixed")
     with pytest.raises(ValueError, match="order"):
-        Scoring("exact", order="zigzag")
+        make_scoring("exact", order="zigzag")
     good = [torch.ones(2, 16, dtype=torch.bool), torch.ones(32, 4, dtype=torch.bool)]
-    assert likelihood.score(model, images, None, Scoring("fixed", masks=good)).nats.shape == (2,)
+    assert likelihood.score(model, images, None, make_scoring("fixed", masks=good)).nats.shape == (2,)
     with pytest.raises(ValueError, match="expected"):
-        likelihood.score(model, images, None, Scoring("fixed", masks=[torch.ones(3, 16, dtype=torch.bool), good[1]]))
+        likelihood.score(model, images, None, make_scoring("fixed", masks=[torch.ones(3, 16, dtype=torch.bool), good[1]]))
     empty = good[0].clone()
     empty[1] = False
     with pytest.raises(ValueError, match="at least one"):
-        likelihood.score(model, images, None, Scoring("fixed", masks=[empty, good[1]]))
+        likelihood.score(model, images, None, make_scoring("fixed", masks=[empty, good[1]]))
 
 
 # ---------------------------------------------------------------------------- state dict I/O
@@ -758,7 +758,7 @@ def test_training_masks_follow_the_ratio():
     model = build(cfg)
     g = model.generator
     assert g.cfg.seq_len == 64
-    pick = Scoring("train", gen(0)).select(0, "mar", 4000, 64, "cpu")
+    pick = make_scoring("train", gen(0)).select(0, False, 4000, 64, "cpu")
     mask, score, src, w = pick.mask, pick.score, pick.source, pick.weight
     assert torch.equal(mask, score) and torch.equal(src, torch.arange(4000))
     count = mask.sum(1).float()

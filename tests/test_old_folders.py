@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, Scoring, get_preset
+from fractalgm import FractalConfig, FractalGen, LevelConfig, PixelHeadConfig, make_scoring, get_preset
 from fractalgm import masks
 from draws import assert_same_draws
 
@@ -79,10 +79,10 @@ def computed(model: FractalGen) -> dict[str, torch.Tensor]:
     fixed = fixed_masks(cfg, 3)
     for i, m in enumerate(fixed):
         out[f"fixed_mask_{i}"] = m
-    out["nll_fixed"] = model.nll(images, scoring=Scoring("fixed", masks=fixed)).nats
-    out["nll_shared_count"] = model.nll(images, scoring=Scoring("random", g(5), shared_count=True)).nats
+    out["nll_fixed"] = model.nll(images, scoring=make_scoring("fixed", masks=fixed)).nats
+    out["nll_shared_count"] = model.nll(images, scoring=make_scoring("random", g(5), shared_count=True)).nats
     with torch.no_grad():
-        out["loss_train_eval_mode"] = model(images, labels, Scoring("train", g(6))).reshape(1)
+        out["loss_train_eval_mode"] = model(images, labels, make_scoring("train", g(6))).reshape(1)
     return out
 
 

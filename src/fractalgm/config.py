@@ -46,6 +46,11 @@ class LevelConfig:
     def head_dim(self) -> int:
         return self.width // self.num_heads
 
+    @property
+    def one_step_per_token(self) -> bool:
+        """A causal (AR) level samples each token in a step of its own; a MAR level reveals several per step."""
+        return self.kind == "ar"
+
 
 @dataclass(frozen=True)
 class PixelHeadConfig:

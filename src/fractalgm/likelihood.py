@@ -14,7 +14,7 @@ image gives its NLL in nats:
 * `mode="fixed"`: caller-given masks per level (reproducible evaluation, the golden fixtures).
 * `mode="train"`: the training masks (truncated-normal mask ratio, spec §3.3).
 
-Each mode is its own type (`RandomMasks`, `ExactOrder`, `FixedMasks`, `TrainingMasks`; `Scoring(mode, …)`
+Each mode is its own type (`RandomMasks`, `ExactOrder`, `FixedMasks`, `TrainingMasks`; `make_scoring(mode, …)`
 builds one by name); each gives a level a `Selection`. `estimate_nll` turns scoring passes into an
 `NLLResult`; `terms` and `score` run one pass of a model.
 
@@ -64,9 +64,10 @@ class TokenScoring:
     exact: ClassVar[bool] = False  # every level then gives an exact term, not an estimate
     generator: torch.Generator | None
 
-    def select(self, level: int, kind: str, rows: int, seq_len: int, device) -> Selection:
-        """The selection of level `level` for `rows` sequences of `seq_len` tokens."""
-        if kind == "ar":
+    def select(self, level: int, scores_every_token: bool, rows: int, seq_len: int, device) -> Selection:
+        """The selection of level `level` for `rows` sequences of `seq_len` tokens; `scores_every_token` for a
+        generator that scores each token once in one pass (`Generator.scores_every_token`)."""
+        if scores_every_token:
             return every_token(rows, seq_len, device)
         return self.select_masked(level, rows, seq_len, device)
 
@@ -150,9 +151,9 @@ class FixedMasks(TokenScoring):
         return Selection(mask, mask, torch.arange(rows, device=device), seq_len / count.float())
 
 
-def Scoring(mode: str = "random", generator: torch.Generator | None = None,
-            masks: Sequence[torch.Tensor | None] | None = None, order: str = "random",
-            shared_count: bool = False) -> TokenScoring:
+def make_scoring(mode: str = "random", generator: torch.Generator | None = None,
+                 masks: Sequence[torch.Tensor | None] | None = None, order: str = "random",
+                 shared_count: bool = False) -> TokenScoring:
     """The scoring of one pass by name: "train", "random", "exact" or "fixed" (see the module docstring)."""
     if mode not in SCORING_MODES:
         raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")

@@ -88,7 +88,7 @@ def resolve_num_iter(config: FractalConfig, num_iter: int | Sequence[int] | None
 
 def steps_per_level(config: FractalConfig, num_iter: int | Sequence[int] | None = None) -> list[int]:
     """Steps each level takes per sequence when sampling: L for AR, min(L, num_iter) for MAR."""
-    return [lv.seq_len if lv.kind == "ar" else min(lv.seq_len, n)
+    return [lv.seq_len if lv.one_step_per_token else min(lv.seq_len, n)
             for lv, n in zip(config.levels, resolve_num_iter(config, num_iter))]
 
 

@@ -78,8 +78,8 @@ def open_for_model(options, split: str, channels: int, image_size: int):
 
 def data_rules(options) -> list:
     """(dest, unused?, why) for the data options that `options.data` cannot honour (see cli_common.refuse_unused)."""
-    from ..data.sources import PRESETS
+    from ..data.sources import BUILTIN_DATASETS
 
-    builtin = options.data in PRESETS
+    builtin = options.data in BUILTIN_DATASETS
     return [("data_dir", options.data != "fashion_mnist", f"it locates the Fashion-MNIST files; --data is {options.data}"),
             ("skip_bad", builtin, f"the built-in {options.data} has no image files to skip")]

@@ -10,19 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, NumberList, parse_device
-from ..presets import list_presets
+from ..checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, NumberList
+from .common import add_model_args, load_model
 
 
 def add_parser(subparsers):
     e = subparsers.add_parser("eval", help="bits/dim, FID/IS/precision/recall over a guidance sweep, cost",
                               description=__doc__.split("\n\n")[0])
-    from .main import DEFAULT_MODEL
-
-    e.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or shipped model name (default: {DEFAULT_MODEL})")
-    e.add_argument("--preset", choices=list_presets(), metavar="PRESET", help="an untrained preset instead of "
-                   f"--model (for testing), one of: {', '.join(list_presets())} (default: none)")
-    e.add_argument("--device", default="auto", type=parse_device, help="cpu, cuda, cuda:N, mps or auto (default: auto)")
+    add_model_args(e)
     e.add_argument("--out", default="eval", help="output folder: eval.json, eval.md, guidance.png, samples "
                    "(default: eval)")
     src = e.add_argument_group("samples")
@@ -114,11 +109,10 @@ def run(args):
     from ..evaluate.quality import Reference, sample_quality
     from ..evaluate.report import plot_guidance, write_markdown
     from ..evaluate.samples import generate_samples_npz, load_samples_npz
-    from .main import _load_model
 
     settings = _settings(args)
     _refuse_unused_flags(args)
-    model = _load_model(args)
+    model = load_model(args)
     _refuse_unused_flags(args, model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

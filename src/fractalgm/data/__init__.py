@@ -16,10 +16,10 @@ from .images import IMAGE_EXTENSIONS, BadImage, center_crop_arr, decode_image, r
 from .load import is_streamable, load_dataset, open_dataset
 from .pipeline import BadDataError, BatchFeed, BatchPlan, epoch_order
 from .shards import ShardWriter, TarShards
-from .sources import DEFAULT_DATASET, FASHION_CLASSES, FASHION_MD5, PRESETS, SPLITS
+from .sources import DEFAULT_DATASET, FASHION_CLASSES, FASHION_MD5, BUILTIN_DATASETS, SPLITS
 from .streaming import StreamingDataset
 
 __all__ = ["BadDataError", "BadImage", "BatchFeed", "BatchPlan", "DEFAULT_DATASET", "FASHION_CLASSES",
-           "FASHION_MD5", "IMAGE_EXTENSIONS", "ImageDataset", "ImageFolder", "ImageSource", "PRESETS", "SPLITS",
+           "FASHION_MD5", "IMAGE_EXTENSIONS", "ImageDataset", "ImageFolder", "ImageSource", "BUILTIN_DATASETS", "SPLITS",
            "ShardWriter", "StreamingDataset", "TarShards", "center_crop_arr", "check_images", "decode_image",
            "epoch_order", "is_streamable", "load_dataset", "open_dataset", "read_idx", "read_image", "take"]

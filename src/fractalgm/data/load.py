@@ -19,13 +19,13 @@ from .folder import ImageFolder
 from .formats import Arrays, Source, array_source, idx_source
 from .images import center_crop_arr
 from .shards import TarShards, is_shard_dir, shard_files
-from .sources import PRESETS, SPLITS
+from .sources import BUILTIN_DATASETS, SPLITS
 from .streaming import StreamingDataset, carve
 
 
 def is_streamable(name_or_path: str | os.PathLike) -> bool:
     """True for image folders and shard directories: formats that store encoded images, decoded on demand."""
-    if str(name_or_path) in PRESETS:
+    if str(name_or_path) in BUILTIN_DATASETS:
         return False
     path = Path(name_or_path).expanduser()
     return path.is_dir() and array_source(path) is None
@@ -79,7 +79,7 @@ def _check_arguments(name_or_path, split, channels, num_crops):
 def load_dataset(name_or_path: str | os.PathLike, split: str = "train", *, data_dir: str | os.PathLike | None = None,
                  image_size: int | None = None, channels: int | None = None, val_size: int | None = None,
                  seed: int = 0, skip_bad: bool = False, num_crops: int | None = None) -> ImageDataset:
-    """Load a preset (see PRESETS) or a dataset on disk as an in-memory `ImageDataset`.
+    """Load a built-in dataset (see BUILTIN_DATASETS) or a dataset on disk as an in-memory `ImageDataset`.
 
     Paths may be an image folder (root/[split/]class/*.png), a directory of tar shards
     ({split}-000000.tar, WebDataset layout), a CIFAR-10/100 python-batches folder, a downsampled-ImageNet
@@ -102,7 +102,7 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "train", *, data_
     else:
         path = Path(name_or_path).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"unknown dataset {str(path)!r}: not one of {PRESETS} and no such file or "
+            raise FileNotFoundError(f"unknown dataset {str(path)!r}: not one of {BUILTIN_DATASETS} and no such file or "
                                     f"directory")
         source = array_source(path)
         if source is None:

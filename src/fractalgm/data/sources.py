@@ -17,7 +17,7 @@ import numpy as np
 from .formats import Arrays, Source, has_idx
 
 SPLITS = ("train", "val", "test", "train_full")
-PRESETS = ("fashion_mnist", "mnist5k", "digits", "photos")
+BUILTIN_DATASETS = ("fashion_mnist", "mnist5k", "digits", "photos")
 DEFAULT_DATASET = "fashion_mnist"
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

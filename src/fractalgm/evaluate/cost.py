@@ -31,7 +31,7 @@ def network_evaluations(config, num_iter=None, guided: bool = False) -> dict:
         num_iter = [num_iter] * len(levels)
     per_level, sequences = {}, 1
     for i, lv in enumerate(levels):
-        steps = lv.seq_len if lv.kind == "ar" else min(int(num_iter[i]), lv.seq_len)
+        steps = lv.seq_len if lv.one_step_per_token else min(int(num_iter[i]), lv.seq_len)
         per_level[f"g{i + 1} ({lv.kind})"] = sequences * steps
         sequences *= lv.seq_len
     per_level[f"g{len(levels) + 1} (pixel head)"] = sequences * config.channels

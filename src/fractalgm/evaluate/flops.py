@@ -102,7 +102,7 @@ def _table(config: FractalConfig, batch: int) -> tuple[tuple[tuple[str, Any], ..
     node, rows = model, batch
     for i, lv in enumerate(config.levels):
         gen = node.generator
-        guide = gen.guide_head
+        guide = gen.guiding_pixel_head
         cond_dim = config.cond_dim(i)
         params = _params(gen, exclude=guide)
         if i == 0:
@@ -112,7 +112,7 @@ def _table(config: FractalConfig, batch: int) -> tuple[tuple[tuple[str, Any], ..
         mask = _meta(rows, L, dtype=torch.bool)
         conds = Conditions.repeated(_meta(rows, cond_dim), config.cond_tokens(i))
         if guide is not None:
-            conds = conds.with_guide(_meta(rows, C))
+            conds = conds.with_guiding_pixel(_meta(rows, C))
         full = _count(lambda: gen.predict(patches, mask, conds))
         x = _meta(rows, L, D)
         if lv.kind == "ar":

@@ -135,23 +135,3 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
     if not keep_parts:
         shutil.rmtree(parts, ignore_errors=True)
     return out
-
-
-def run_sample_npz(args, model, options: dict) -> Path | None:
-    """`fractalgm sample --out X.npz`: --num-images in total; --labels (default: all classes) cycle, 'none'
-    for unconditional samples. Joins the torchrun process group when launched by torchrun."""
-    from ..runtime import init_distributed
-
-    _, world, local_rank = init_distributed()
-    if world > 1 and model.device.type == "cuda":  # one GPU per rank
-        torch.cuda.set_device(local_rank)
-        model = model.to(torch.device("cuda", local_rank))
-    options = {k: v for k, v in options.items() if k != "generator"}  # per-batch seeds instead
-    text = getattr(args, "labels", None)
-    conditional = model.config.num_classes > 0 and text != "none"
-    label_list = None if text in (None, "all", "none") else [int(v) for v in text.split(",") if v.strip()]
-    out = generate_samples_npz(model, args.out, args.num_images, batch_size=args.batch_size, conditional=conditional,
-                               label_list=label_list, seed=args.seed, **options)
-    if out is not None:
-        print(f"wrote {args.num_images} samples to {out} (arr_0 uint8 NHWC" + (", arr_1 labels)" if conditional else ")"))
-    return out

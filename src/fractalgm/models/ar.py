@@ -20,7 +20,8 @@ from .layers import KVCache, LlamaBlock, init_weights, rope_2d_table, run_blocks
 class ARGenerator(nn.Module):
     """Causal transformer over one level's patches (see `models.contract.Generator`)."""
 
-    guide_head = None  # AR levels have no guiding pixel
+    guiding_pixel_head = None  # AR levels have no guiding pixel
+    scores_every_token = True  # causality scores all tokens in one teacher-forced pass
     prefix_tokens = 1  # the condition token
 
     def __init__(self, spec: LevelSpec):
@@ -44,7 +45,7 @@ class ARGenerator(nn.Module):
         """Integer patches (…, C, p, p) → normalised inputs (…, C·p²), channel-major."""
         return self.spec.pixels.normalize(patches, patches.dim() - 3, self.patch_emb.weight).flatten(-3)
 
-    def guide(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
+    def score_guiding_pixel(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
         return [], conds
 
     def predict(self, patches: torch.Tensor, mask, conds: Conditions, count: int = 1) -> Conditions:

@@ -29,13 +29,13 @@ class Conditions:
 
     `middle` is the output of the parent at this patch (the class embedding at the top),
     `neighbours` those at the four grid neighbours (top, right, bottom, left; MAR parents only, as
-    many as the level reads), `guide` the patch's normalised mean colour (R, C) once a MAR level
+    many as the level reads), `guiding_pixel` the patch's normalised mean colour (R, C) once a MAR level
     with a guiding pixel has scored or sampled it. It never passes further down.
     """
 
     middle: torch.Tensor
     neighbours: tuple[torch.Tensor, ...] = ()
-    guide: torch.Tensor | None = None
+    guiding_pixel: torch.Tensor | None = None
 
     @classmethod
     def repeated(cls, cond: torch.Tensor, count: int) -> Conditions:
@@ -57,14 +57,14 @@ class Conditions:
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Conditions:
         return Conditions(fn(self.middle), tuple(fn(t) for t in self.neighbours),
-                          None if self.guide is None else fn(self.guide))
+                          None if self.guiding_pixel is None else fn(self.guiding_pixel))
 
     def take(self, index) -> Conditions:
         """The conditions of rows `index` (or of the positions a bool mask selects)."""
         return self.map(lambda t: t[index])
 
-    def with_guide(self, guide: torch.Tensor) -> Conditions:
-        return replace(self, guide=guide)
+    def with_guiding_pixel(self, guide: torch.Tensor) -> Conditions:
+        return replace(self, guiding_pixel=guide)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class LevelSpec:
         channels: C of the images.
         num_conds: how many conditions it reads (1, or up to 5 under a MAR parent).
         child_conds: how many conditions its child reads (1 for the pixel head).
-        guide_head: the guiding-pixel head (MAR levels below the top when enabled), or None.
+        guiding_pixel_head: the guiding-pixel head (MAR levels below the top when enabled), or None.
         pixels: the model's pixel normalisation (default: `FractalConfig`'s for C channels).
         checkpointing: recompute activations in backward (gradient checkpointing).
     """
@@ -100,7 +100,7 @@ class LevelSpec:
     channels: int = 3
     num_conds: int = 1
     child_conds: int = 1
-    guide_head: HeadSpec | None = None
+    guiding_pixel_head: HeadSpec | None = None
     pixels: PixelNorm | None = None
     checkpointing: bool = False
 
@@ -130,7 +130,7 @@ def resolve_specs(config: FractalConfig) -> tuple[tuple[LevelSpec, ...], HeadSpe
         guide = (HeadSpec(config.guide_head, config.cond_dim(i), names, order, config.guide_r_weight)
                  if config.has_guiding_pixel(i) else None)
         specs.append(LevelSpec(lv, config.cond_dim(i), index=i, channels=C, num_conds=config.cond_tokens(i),
-                               child_conds=config.cond_tokens(i + 1) if i + 1 < n else 1, guide_head=guide,
+                               child_conds=config.cond_tokens(i + 1) if i + 1 < n else 1, guiding_pixel_head=guide,
                                pixels=pixels, checkpointing=config.grad_checkpointing))
     return tuple(specs), HeadSpec(config.head, config.levels[-1].width, names, order, config.r_weight)
 
@@ -142,9 +142,10 @@ class Generator(Protocol):
     """
 
     spec: LevelSpec
-    guide_head: torch.nn.Module | None  # the guiding-pixel head this generator owns, if any
+    guiding_pixel_head: torch.nn.Module | None  # the guiding-pixel head this generator owns, if any
+    scores_every_token: bool  # one teacher-forced pass scores every token (AR); else a selection (MAR)
 
-    def guide(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
+    def score_guiding_pixel(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
         """Score what the generator predicts for a whole sequence before its tokens (MAR: the guiding
         pixel of images (M, C, S, S)) and add it to the conditions; nothing for AR."""
 

@@ -40,9 +40,9 @@ def build_child(specs: Sequence[LevelSpec], head: HeadSpec) -> Level:
 def score_level(spec: LevelSpec, generator: Generator, child: Level, x: torch.Tensor, conds: Conditions,
                 rows: Rows, scoring: TokenScoring) -> list[Term]:
     """Score images x (M, C, S, S) (integers) under `conds` (M rows); returns every scored term."""
-    terms, conds = generator.guide(x, conds, rows)
+    terms, conds = generator.score_guiding_pixel(x, conds, rows)
     patches = patchify(x, spec.level.patch_size)  # (M, L, C, p, p)
-    pick = scoring.select(spec.index, spec.kind, x.size(0), spec.level.seq_len, x.device)
+    pick = scoring.select(spec.index, generator.scores_every_token, x.size(0), spec.level.seq_len, x.device)
     patches = patches[pick.source]
     maps = generator.predict(patches, pick.mask, conds.take(pick.source), spec.child_conds)
     # (N, C, p, p) in pooled order: row-major over (row, position)

@@ -40,14 +40,16 @@ def neighbour_conditions(out: torch.Tensor, grid: int, count: int = 5) -> Condit
 class MARGenerator(nn.Module):
     """Masked bidirectional transformer over one level's patches (see `models.contract.Generator`).
 
-    With a guiding pixel (`spec.guide_head`) it owns that head: it scores and samples the patch's
+    With a guiding pixel (`spec.guiding_pixel_head`) it owns that head: it scores and samples the patch's
     mean colour and reads it as its first prefix token.
     """
 
+    scores_every_token = False  # a pass scores the masked tokens only (training masks, estimates, orders)
+
     def __init__(self, spec: LevelSpec):
         guide = None
-        if spec.guide_head is not None:  # built first and registered last: the reference's init order
-            h = spec.guide_head
+        if spec.guiding_pixel_head is not None:  # built first and registered last: the reference's init order
+            h = spec.guiding_pixel_head
             guide = PixelHead(h.head, h.cond_dim, h.channel_names, h.channel_order, h.first_weight)
         super().__init__()
         self.spec, self.cfg = spec, spec.level
@@ -74,7 +76,7 @@ class MARGenerator(nn.Module):
         nn.init.normal_(self.pos_embed_learned, std=0.02)
 
     @property
-    def guide_head(self) -> PixelHead | None:
+    def guiding_pixel_head(self) -> PixelHead | None:
         return self.guiding_pixel_loss if self.guiding_pixel else None
 
     def embed(self, patches: torch.Tensor) -> torch.Tensor:
@@ -82,7 +84,7 @@ class MARGenerator(nn.Module):
         return self.spec.pixels.normalize(patches, patches.dim() - 3, self.patch_emb.weight).flatten(-3)
 
     # ------------------------------------------------------------------ the guiding pixel
-    def guide(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
+    def score_guiding_pixel(self, images: torch.Tensor, conds: Conditions, rows: Rows) -> tuple[list[Term], Conditions]:
         """Score the mean colour of images (M, C, S, S) and add it, normalised, to the conditions."""
         if not self.guiding_pixel:
             return [], conds
@@ -91,15 +93,15 @@ class MARGenerator(nn.Module):
         ce = self.guiding_pixel_loss.cross_entropy(pixels.quantize(g, 1, like), conds.middle)
         term = Term(f"guiding_pixel_level{self.spec.index}", ce, rows.owner, rows.weight,
                     self.guiding_pixel_loss.channel_weights())
-        return [term], conds.with_guide(g)
+        return [term], conds.with_guiding_pixel(g)
 
-    def sample_guide(self, conds: Conditions, plan: SamplePlan) -> Conditions:
+    def sample_guiding_pixel(self, conds: Conditions, plan: SamplePlan) -> Conditions:
         """Sample the mean colour first (both CFG halves then read the same one)."""
         if not self.guiding_pixel:
             return conds
         values = self.guiding_pixel_loss.sample(conds.middle, plan)
         g = self.spec.pixels.normalize(values, 1, self.patch_emb.weight)
-        return conds.with_guide(paired(g, plan.guided))
+        return conds.with_guiding_pixel(paired(g, plan.guided))
 
     # ------------------------------------------------------------------ network
     def predict(self, patches: torch.Tensor, mask: torch.Tensor, conds: Conditions, count: int = 5) -> Conditions:
@@ -112,7 +114,7 @@ class MARGenerator(nn.Module):
         x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         prefix = [self.cond_emb(c) for c in reversed(conds.tokens)]  # c_{K-1} … c_0
         if self.guiding_pixel:
-            prefix.insert(0, self.pix_proj(conds.guide))
+            prefix.insert(0, self.pix_proj(conds.guiding_pixel))
         x = torch.cat([torch.stack(prefix, dim=1).to(x.dtype), x], dim=1)
         x = self.patch_emb_ln(x + self.pos_embed_learned)
         x = run_blocks(self.blocks, x, self.checkpointing and self.training)
@@ -129,7 +131,7 @@ class MARGenerator(nn.Module):
         index = (rows, positions), partly known ones included (the caller passes their known values).
         A partly known patch still samples its guiding pixel.
         """
-        conds = self.sample_guide(conds, plan)
+        conds = self.sample_guiding_pixel(conds, plan)
         L, guided = self.cfg.seq_len, plan.guided
         M = unpaired_count(conds.rows, guided)
         device = conds.middle.device
