@@ -147,12 +147,6 @@ def device_problem(name: str) -> str | None:
     return None
 
 
-def check_device(name: str, arg: str = "device") -> str:
-    if (problem := device_problem(name)) is not None:
-        raise ValueError(f"{arg} {problem}")
-    return name
-
-
 def parse_device(text: str) -> str:
     """argparse type for --device."""
     if (problem := device_problem(text)) is not None:

@@ -1,6 +1,6 @@
 """Command-line options for data (train, nll, inpaint) and the reference recipe, and how they apply.
 
-Kept here, not in cli.py, so the data options have one owner: every error message in the data
+Kept in one file so the data options have one owner: every error message in the data
 package that names an option names one defined in this file.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def open_for_model(options, split: str, channels: int, image_size: int):
 
 
 def data_rules(options) -> list:
-    """(dest, unused?, why) for the data options that `options.data` cannot honour (see cli_common.refuse_unused)."""
+    """(dest, unused?, why) for the data options that `options.data` cannot honour (see cli.common.refuse_unused)."""
     from ..data.sources import BUILTIN_DATASETS
 
     builtin = options.data in BUILTIN_DATASETS

@@ -52,7 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "a label in training, for CFG; in [0, 1] (default: the preset's, 0.1)")
     m.add_argument("--unconditional", action="store_true", default=argparse.SUPPRESS,
                    help="ignore labels (num_classes = 0) (default: off)")
-    add_dataclass_flags(t, TrainConfig, "training (the fields of fractalgm.train.TrainConfig)",
+    add_dataclass_flags(t, TrainConfig, "training (the fields of fractalgm.training.TrainConfig)",
                         types={"device": parse_device})
     t.set_defaults(fn=run)
     return t

@@ -16,7 +16,7 @@ from .images import IMAGE_EXTENSIONS, BadImage, center_crop_arr, decode_image, r
 from .load import is_streamable, load_dataset, open_dataset
 from .pipeline import BadDataError, BatchFeed, BatchPlan, epoch_order
 from .shards import ShardWriter, TarShards
-from .sources import DEFAULT_DATASET, FASHION_CLASSES, FASHION_MD5, BUILTIN_DATASETS, SPLITS
+from .sources import BUILTIN_DATASETS, DEFAULT_DATASET, FASHION_CLASSES, FASHION_MD5, SPLITS
 from .streaming import StreamingDataset
 
 __all__ = ["BadDataError", "BadImage", "BatchFeed", "BatchPlan", "DEFAULT_DATASET", "FASHION_CLASSES",

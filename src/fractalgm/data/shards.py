@@ -36,10 +36,6 @@ def is_shard_dir(path: Path) -> bool:
     return path.is_dir() and (any(path.glob("*.tar")) or (path / META).is_file())
 
 
-class TruncatedShard(ValueError):
-    pass
-
-
 def index_shard(path: Path) -> tuple[list[tuple[str, int, int, int]], str | None]:
     """[(key, offset, size, label)] of the complete samples in one shard, and why it ends early (or None).
 

@@ -1,6 +1,6 @@
 """What a model costs: parameters, FLOPs, network evaluations per sample, measured throughput.
 
-* parameters and training-forward GFLOPs per image come from `fractalgm.flops` (one forward with
+* parameters and training-forward GFLOPs per image come from `fractalgm.evaluate.flops` (one forward with
   every patch passed down, the paper's Table-1 convention; MAR training passes down only the
   masked patches, so its real training cost is lower);
 * network evaluations per sampled image follow from the sampling plan: a level with L tokens runs

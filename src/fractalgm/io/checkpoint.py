@@ -166,7 +166,7 @@ def resolve_pretrained(folder_or_name: str | os.PathLike) -> Path:
     if path.is_file():
         if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
             raise CheckpointError(f"{path} looks like a PyTorch pickle (e.g. a reference checkpoint); "
-                                  "convert it first with fractalgm.convert.convert_reference "
+                                  "convert it first with fractalgm.io.convert.convert_reference "
                                   "(or `fractalgm convert`)")
         if path.name in _OWNED:
             return path.parent

@@ -1,5 +1,5 @@
 """Reference checkpoints: reading `LTH14/fractalgen` `.pth` files, checking them against a model,
-inferring their preset and converting them into our folder format (`fractalgm.checkpoint`).
+inferring their preset and converting them into our folder format (`fractalgm.io.checkpoint`).
 
 `.pth` files are read with `torch.load(..., weights_only=True)` only — never unpickling arbitrary
 objects. Training checkpoints of the reference also pickle an `argparse.Namespace` (spec §12.4);

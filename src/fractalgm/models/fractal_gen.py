@@ -115,7 +115,7 @@ class FractalGen(nn.Module):
             temperature: logits are divided by it (reference τ ↔ 1/τ here).
             filter_threshold: the reference's guidance filter τ_f (only used with cfg ≠ 1).
             generator: a torch.Generator; same seed ⇒ same images.
-            record: a callable `record(level, canvas, unknown)`, e.g. `fractalgm.animate.Recorder()`,
+            record: a callable `record(level, canvas, unknown)`, e.g. `fractalgm.viz.Recorder()`,
                 called with level None for the starting canvas, then after every step of every
                 level, depth first (the paper's Figure 3; in `inpaint`, AR steps over known patches
                 draw nothing and are skipped): canvas uint8 (B, C, H, W) so far and `unknown` bool
