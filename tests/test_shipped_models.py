@@ -4,7 +4,7 @@ regression fails a test."""
 import torch
 
 from fractalgm import FractalGen
-from fractalgm.cli.main import DEFAULT_MODEL
+from fractalgm.cli.common import DEFAULT_MODEL
 
 from conftest import needs_fmnist
 
