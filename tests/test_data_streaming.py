@@ -267,7 +267,7 @@ def test_every_option_named_in_a_data_message_exists():
     from pathlib import Path
 
     import fractalgm.data as package
-    files = [*Path(package.__file__).parent.glob("*.py"), Path(package.__file__).parents[1] / "recipe.py"]
+    files = [*Path(package.__file__).parent.glob("*.py"), Path(package.__file__).parents[1] / "training" / "recipe.py"]
     text = "".join(p.read_text() for p in files)
     named = set(re.findall(r"(--[a-z][a-z-]+)", text))
     parser = build_parser()

@@ -1,6 +1,6 @@
 """`TrainConfig`: every training knob once, with its default, its valid range and its help text.
 
-The `fractalgm train` flags are generated from these fields (`cli_train.py`), so a default is
+The `fractalgm train` flags are generated from these fields (`cli/train.py`), so a default is
 written in exactly one place and the CLI and the Python API refuse the same bad values with the
 same message: a negative budget, a zero batch or accumulation, a warm-up of the whole run, an EMA
 decay of 1, … all fail at construction, before any work starts.

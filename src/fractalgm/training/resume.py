@@ -19,11 +19,14 @@ import os
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
+from ..data import BatchPlan
 from ..io.atomic import atomic_write
 from ..io.checkpoint import CheckpointError, read_metadata, save_pretrained
-from .runfolder import MODEL_DIR, STATE_NAME, remove_leftovers, truncate_log
+from .config import TrainConfig
+from .ranks import Ranks
+from .runfolder import LOG_NAME, MODEL_DIR, STATE_NAME, RunLock, claim, remove_leftovers, truncate_log
+from .state import RunState, rng_kept
 
 EXPLODED = 1e4  # |weight| beyond this is a blown-up update (healthy weights here are O(1))
 
@@ -47,39 +50,36 @@ class EMAExport:
         return self._state
 
 
-class Checkpointing:
-    """The save/resume half of `Trainer` (uses its model, ema, opt, scaler, step, out, …)."""
+class Saver:
+    """The checkpoint pair of one run folder: its lock, the health check before each save, the two atomic
+    writes, the resume from `train_state.pt` and the repairs a kill may call for.
 
-    saved_step: int | None = None  # the step of the train_state.pt on disk, when known (main rank)
-    last_save_step: int | None = None  # the step of the last save this process took part in
+    It works on the `RunState` it is given and is told everything else here; what it did to the folder
+    (a stale lock taken over, leftovers removed, log lines dropped) goes into `notes`."""
 
-    # ------------------------------------------------------------------ health
-    def _rng_kept(self):
-        """Run a block without moving any RNG the training step draws from."""
-        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+    def __init__(self, out: Path, state: RunState, ranks: Ranks, cfg: TrainConfig, autocast, notes: list[str]):
+        self.out, self.state, self.ranks, self.cfg, self.autocast, self.notes = out, state, ranks, cfg, autocast, notes
+        self.lock = RunLock(out)
+        self.resumed = False  # the folder continues its saved run, so claiming it again is no overwrite
+        self.saved_step: int | None = None  # the step of the train_state.pt on disk, when known (main rank)
+        self.last_save_step: int | None = None  # the step of the last save this process took part in
 
-    @torch.no_grad()
-    def unhealthy(self) -> str | None:
-        """Why the current state must not be saved (None when it may)."""
-        for name, p in self.model.named_parameters():
-            if not bool(torch.isfinite(p).all()):
-                return f"parameter {name} holds NaN/inf"
-            if (peak := float(p.abs().max())) > EXPLODED:
-                return f"parameter {name} reached |w| = {peak:.3g} (> {EXPLODED:g}): the update exploded"
-        for name, v in self.ema.shadow.items():
-            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                return f"the EMA of {name} holds NaN/inf"
-        for moments in self.opt.state.values():
-            for t in moments.values():
-                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    return "the optimizer state holds NaN/inf"
-        if getattr(self, "last_batch", None) is not None:  # would the next step still give a finite loss?
-            images, labels = self.last_batch
-            with self._rng_kept(), self.autocast:
-                loss = self.model(images, labels)
-            if not bool(torch.isfinite(loss)):
-                return f"the updated weights give a {float(loss)} loss"
-        return None
+    # ------------------------------------------------------------------ the folder
+    def claim_folder(self, overwrite: bool, resume: bool = False):
+        """Lock the run folder (once) and clear what interrupted saves left; refuse to start over a run
+        unless `overwrite` (or the run is resumed)."""
+        if not self.ranks.main or self.lock.fd is not None:
+            return
+        self.lock.acquire()
+        if self.lock.took_over:
+            self.notes.append(f"took over a stale lock ({self.lock.took_over}, no longer running)")
+        self.notes.extend(remove_leftovers(self.out)[2])
+        if not resume and not self.resumed:
+            try:
+                claim(self.out, resume=False, overwrite=overwrite)
+            except BaseException:
+                self.lock.release()
+                raise
 
     def last_good(self) -> str:
         state = self.out / STATE_NAME
@@ -89,52 +89,76 @@ class Checkpointing:
             return f"the last good checkpoint is {state}"
         return f"no checkpoint was saved yet (--save-every {self.cfg.save_every})"
 
-    def _agree_flag(self, flag: bool) -> bool:
-        """True on every rank when it is true on any (so all ranks stop together)."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+    # ------------------------------------------------------------------ saving
+    @torch.no_grad()
+    def unhealthy(self) -> str | None:
+        """Why the current state must not be saved (None when it may)."""
+        s = self.state
+        for name, p in s.model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                return f"parameter {name} holds NaN/inf"
+            if (peak := float(p.abs().max())) > EXPLODED:
+                return f"parameter {name} reached |w| = {peak:.3g} (> {EXPLODED:g}): the update exploded"
+        for name, v in s.ema.shadow.items():
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                return f"the EMA of {name} holds NaN/inf"
+        for moments in s.opt.state.values():
+            for t in moments.values():
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return "the optimizer state holds NaN/inf"
+        if s.last_batch is not None:  # would the next step still give a finite loss?
+            images, labels = s.last_batch
+            with rng_kept(self.ranks.device), self.autocast:
+                loss = s.model(images, labels)
+            if not bool(torch.isfinite(loss)):
+                return f"the updated weights give a {float(loss)} loss"
+        return None
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.shadow, "opt": self.opt.state_dict(),
-                "step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed,
-                "reserve": self.reserve, "rng": self._rng_states(),
+    def state_dict(self, plan: BatchPlan) -> dict:
+        """What `train_state.pt` holds; a collective under torchrun (the RNG states of all ranks)."""
+        s = self.state
+        return {"model": s.model.state_dict(), "ema": s.ema.shadow, "opt": s.opt.state_dict(),
+                "step": s.step, "total_steps": s.total_steps, "elapsed": s.elapsed,
+                "reserve": s.reserve, "rng": self.ranks.gather(torch.get_rng_state()),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "scaler": self.scaler.state_dict() if self.scaler else {},
-                "data": self.batch_plan().state(),
+                "scaler": s.scaler.state_dict() if s.scaler else {},
+                "data": plan.state(),
                 "train_config": json.dumps(self.cfg.to_dict())}
 
-    def save(self):
+    def save(self, plan: BatchPlan):
+        """Save the state (every rank calls it; rank 0 writes), or stop every rank when any is unhealthy."""
+        step = self.state.step
         problem = self.unhealthy()
-        if self._agree_flag(problem is not None):
-            raise NonFiniteLoss(f"not saving step {self.step}: {problem or 'another rank diverged'}; "
+        if self.ranks.agree(problem is not None):
+            raise NonFiniteLoss(f"not saving step {step}: {problem or 'another rank diverged'}; "
                                 f"{self.last_good()} — resume from it with a lower --lr or --amp none")
-        state = self.state_dict()  # collective under torchrun: every rank takes part
-        self.last_save_step = self.step  # on every rank, so all agree whether a final save is due
-        if not self.main:
+        state = self.state_dict(plan)
+        self.last_save_step = step  # on every rank, so all agree whether a final save is due
+        if not self.ranks.main:
             return
         try:
-            atomic_write(self.out / STATE_NAME, lambda tmp: torch.save(state, tmp))
-            self.saved_step = self.step
-            try:
-                self.export_model()
-            except Exception as e:  # noqa: BLE001 - safetensors has its own error types for failed writes
-                raise OSError(getattr(e, "errno", None), f"the model folder could not be written ({e}); "
-                              f"{STATE_NAME} holds step {self.step} and a resume re-exports it") from e
+            self._write(state)
         except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
             if not isinstance(e, OSError) and not _is_write_failure(e):
                 raise
-            raise SaveError(f"could not save step {self.step} into {self.out}: {_write_failure(e, self.out)}. "
+            raise SaveError(f"could not save step {step} into {self.out}: {_write_failure(e, self.out)}. "
                             f"{_sentence(self.last_good())}, intact. Free disk space (or raise the "
                             f"file-size limit) and continue with `fractalgm train --out {self.out} --resume`") from e
 
+    def _write(self, state: dict):
+        """train_state.pt, then the model folder: a kill between the two leaves a pair `repair` completes."""
+        atomic_write(self.out / STATE_NAME, lambda tmp: torch.save(state, tmp))
+        self.saved_step = state["step"]
+        try:
+            self.export_model()
+        except Exception as e:  # noqa: BLE001 - safetensors has its own error types for failed writes
+            raise OSError(getattr(e, "errno", None), f"the model folder could not be written ({e}); "
+                          f"{STATE_NAME} holds step {state['step']} and a resume re-exports it") from e
+
     def export_model(self):
         """The EMA model folder, stamped with its step (see `model_step`)."""
-        save_pretrained(EMAExport(self.model, self.ema.shadow), self.out / MODEL_DIR,
-                        metadata={"train_step": str(self.step)})
+        save_pretrained(EMAExport(self.state.model, self.state.ema.shadow), self.out / MODEL_DIR,
+                        metadata={"train_step": str(self.state.step)})
 
     def model_step(self) -> int | None:
         """The step the model folder holds (None when it is missing, unreadable or unstamped)."""
@@ -143,66 +167,51 @@ class Checkpointing:
         except (CheckpointError, KeyError, ValueError):
             return None
 
-    def resume(self, path: Path | None = None):
-        """Continue from `train_state.pt`: weights, EMA, optimizer, step, clock and RNG states."""
-        self.claim_folder(resume=True)
-        path = Path(path or self.out / STATE_NAME)
+    # ------------------------------------------------------------------ resuming
+    def load(self, path: Path | None = None) -> dict | None:
+        """Restore weights, EMA, optimizer, step, clocks and RNG states from `train_state.pt`; returns the
+        saved data plan's state, for the trainer to check that its batches continue."""
+        state, s = self._read(Path(path or self.out / STATE_NAME)), self.state
+        s.ema.shadow = {k: v.float() for k, v in state["ema"].items()}
+        s.opt.load_state_dict(state["opt"])
+        # the budget comes from the current config: the same budget resumes exactly, a larger one extends
+        s.step, s.elapsed = state["step"], state["elapsed"]
+        s.reserve = state.get("reserve", 0.0)
+        self.saved_step = self.last_save_step = s.step
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        torch.set_rng_state(rngs[self.ranks.rank] if len(rngs) == self.ranks.world else rngs[0])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if s.scaler and state["scaler"]:
+            s.scaler.load_state_dict(state["scaler"])
+        return state.get("data")
+
+    def _read(self, path: Path) -> dict:
+        """The saved state, its weights already in the model; a clear error for a missing or broken file."""
         if not path.exists():
             raise FileNotFoundError(f"no training state at {path}; start without --resume")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(state["model"])
+            self.state.model.load_state_dict(state["model"])
         except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{path} is truncated, corrupt or from another model ({first}). Delete it and "
                                   "start over with --overwrite, or restore a backup") from e
-        self.ema.shadow = {k: v.float() for k, v in state["ema"].items()}
-        self.opt.load_state_dict(state["opt"])
-        # the budget comes from the current config: the same budget resumes exactly, a larger one extends
-        self.step, self.elapsed = state["step"], state["elapsed"]
-        self.reserve = state.get("reserve", 0.0)
-        self.saved_step = self.last_save_step = self.step
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        torch.set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self._resume_data(state.get("data"))
+        return state
+
+    def repair(self):
+        """After `load`: the folder now continues the saved run; drop log lines written after its step and
+        re-export a model folder that a kill between the two writes left one save behind."""
         self.resumed = True
-        if self.main:
-            dropped = truncate_log(self.out / "metrics.jsonl", self.step)
-            if dropped:
-                self.notes.append(f"dropped {dropped} log line(s) written after step {self.step} (not saved)")
-            if self.model_step() != self.step:  # a kill between the two writes of the last save
-                self.export_model()
-                self.notes.append(f"re-exported {self.out / MODEL_DIR} from {STATE_NAME} (step {self.step})")
-
-    def claim_folder(self, resume: bool = False):
-        """Lock the run folder (once) and clear what interrupted saves left."""
-        if not self.main or self.lock.fd is not None:
+        if not self.ranks.main:
             return
-        self.lock.acquire()
-        if self.lock.took_over:
-            self.notes.append(f"took over a stale lock ({self.lock.took_over}, no longer running)")
-        self.notes.extend(remove_leftovers(self.out)[2])
-        if not resume and not self.resumed:
-            from .runfolder import claim
-
-            try:
-                claim(self.out, resume=False, overwrite=self.overwrite)
-            except BaseException:
-                self.lock.release()
-                raise
-
-    def _rng_states(self) -> list[torch.Tensor]:
-        """CPU RNG state of every rank (masks and dropout draw from it), gathered on all ranks."""
-        state = torch.get_rng_state()
-        if self.world == 1:
-            return [state]
-        states = [None] * self.world
-        dist.all_gather_object(states, state)
-        return states
+        step = self.state.step
+        dropped = truncate_log(self.out / LOG_NAME, step)
+        if dropped:
+            self.notes.append(f"dropped {dropped} log line(s) written after step {step} (not saved)")
+        if self.model_step() != step:
+            self.export_model()
+            self.notes.append(f"re-exported {self.out / MODEL_DIR} from {STATE_NAME} (step {step})")
 
 
 def _is_write_failure(e: RuntimeError) -> bool:

@@ -7,8 +7,8 @@
 * `remove_leftovers` deletes the temporary copies an interrupted save leaves (`.model.tmp-*`,
   `.model.old-*`, `.train_state.pt.tmp-*`, …); a `.model.old-*` that is the only surviving copy of
   the model folder is renamed back instead.
-* `truncate_log` drops log lines written after the step a resume restarts from, so the log of an
-  interrupted and resumed run reads exactly like the log of a straight one.
+* `append_log` adds a record to the metrics log; `truncate_log` drops log lines written after the step
+  a resume restarts from, so the log of an interrupted and resumed run reads exactly like a straight one's.
 """
 from __future__ import annotations
 
@@ -189,3 +189,9 @@ def truncate_log(path: str | os.PathLike, step: int) -> int:
     if dropped:
         atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
     return dropped
+
+
+def append_log(folder: str | os.PathLike, record: dict):
+    """One record (one JSON line) onto the run's metrics log; `truncate_log` drops a line a kill tore."""
+    with open(Path(folder) / LOG_NAME, "a") as f:
+        f.write(json.dumps(record) + "\n")

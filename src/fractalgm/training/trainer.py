@@ -1,4 +1,4 @@
-"""Training loop: AdamW with the reference's groups, warm-up + cosine per step, EMA, AMP, exact resume.
+"""The training loop: AdamW with the reference's groups, warm-up + cosine per step, EMA, AMP, torchrun.
 
 A run folder holds::
 
@@ -11,9 +11,15 @@ A run folder holds::
     train_state.pt      everything `--resume` needs (weights, EMA, optimizer, step, RNG states)
     .lock               held by the trainer using the folder (see runfolder.py)
 
+`Trainer` owns the data and the step, and `fit` reads start → steps → finish. Its parts:
+`RunState` (state.py: the step, the clocks and what a save writes), `Saver` (resume.py: lock, health
+check, atomic saves, resume, repairs), `Evaluator` (evaluator.py: validation bpd, sample grids, the
+end-of-run evaluation inside the budget) and `Ranks` (ranks.py: torchrun, and `agree`, the collective
+every decision to stop or to save goes through, so that all ranks end at the same step).
+
 Resuming is exact: the data order is a function of (seed, epoch), RNG states are restored, saving and
 evaluating draw no random numbers, and the schedule is a function of the step, so N steps straight
-equal N/2 + kill + resume + N/2, bit for bit (train_checkpoint.py has the save/resume rules).
+equal N/2 + kill + resume + N/2, bit for bit (resume.py has the save/resume rules).
 A `--minutes` budget covers the whole run: periodic and end-of-run evaluation count against it.
 """
 from __future__ import annotations
@@ -25,17 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import BatchFeed, BatchPlan, ImageSource
 from ..io.atomic import atomic_write
 from ..models import FractalGen
-from ..runtime import autocast_context, init_distributed, resolve_device
+from ..runtime import autocast_context
 from .config import TrainConfig
+from .evaluator import Evaluator
 from .optim import EMA, adamw, lr_at
-from .resume import Checkpointing, NonFiniteLoss, describe_signal_exit
-from .runfolder import LOG_NAME, RunLock
+from .ranks import Ranks
+from .recipe import grad_accum_for, world_change
+from .resume import NonFiniteLoss, Saver, describe_signal_exit
+from .runfolder import LOG_NAME, append_log
+from .state import RunState
 from .stopsignal import StopOnSignal
 
 DATA_LOG = "data_issues.tsv"  # skipped / converted input files, one per line
@@ -43,12 +52,35 @@ DATA_LOG = "data_issues.tsv"  # skipped / converted input files, one per line
 __all__ = ["Trainer"]
 
 
-class _OutOfTime(Exception):
-    """Raised inside sampling when the end-of-run work passes the --minutes deadline or a signal came."""
+class _Of:
+    """A trainer attribute that one of its parts holds: `trainer.step` is `trainer.state.step`."""
+
+    def __init__(self, part: str):
+        self.part = part
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, trainer, owner=None):
+        return self if trainer is None else getattr(getattr(trainer, self.part), self.name)
+
+    def __set__(self, trainer, value):
+        setattr(getattr(trainer, self.part), self.name, value)
 
 
 @dataclass
-class Trainer(Checkpointing):
+class _Pass:
+    """What the iterations of one `fit` call share (not saved: a resumed run starts a new pass)."""
+    bar: object  # the tqdm bar: steps, or seconds of a time budget
+    stop_after: int | None  # save and return after this step
+    last: dict  # the latest logged record, which `fit` returns
+    t_log: float  # when the last log line was written
+    images: int = 0  # images trained on since then, over all ranks
+    stopped: str | None = None  # the signal (on any rank) that ends the run after this step
+
+
+@dataclass
+class Trainer:
     model: FractalGen
     train_set: ImageSource
     out: Path
@@ -58,63 +90,49 @@ class Trainer(Checkpointing):
     overwrite: bool = False  # start over in a folder that holds a run (else: refuse, unless resumed)
     run_options: dict = field(default_factory=dict)  # the CLI's other options, saved for --resume
 
+    step, total_steps, elapsed, ema, opt = _Of("state"), _Of("state"), _Of("state"), _Of("state"), _Of("state")
+    rank, world, main, device = _Of("ranks"), _Of("ranks"), _Of("ranks"), _Of("ranks")
+
     def __post_init__(self):
-        self.cfg.require_budget()
+        c = self.cfg
+        c.require_budget()
         self.out = Path(self.out)
-        self.rank, self.world, local_rank = init_distributed()
-        self.main = self.rank == 0  # only the main process logs, evaluates and saves
-        if self.main:
+        self.ranks = Ranks.start(c.device)
+        if self.main:  # only the main process logs, evaluates and saves
             self.out.mkdir(parents=True, exist_ok=True)
-        self.lock = RunLock(self.out)
-        self.notes: list[str] = []  # what the folder checks did (printed by the CLI)
-        self.resumed = False
-        self.device = resolve_device(self.cfg.device)
-        if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(self.device)
+        self.notes: list[str] = []  # what the folder checks and the end of the run did (printed by the CLI)
         self.model.to(self.device)
-        self.net = self.model  # what the step calls: the model, or its DDP wrapper
-        if self.world > 1:
-            # without label drop the fake latent gets no gradient; DDP must be told, or the bucket holding it
-            # is never all-reduced and every rank silently keeps its own gradient
-            self.net = DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None,
-                                               find_unused_parameters=self.model.config.label_drop_prob == 0)
-        self.opt = adamw(self.model, self.cfg.weight_decay, self.cfg.base_lr(self.world), self.cfg.betas, self.device)
-        self.ema = EMA(self.model, self.cfg.ema_decay)
-        self.autocast, self.scaler = autocast_context(self.cfg.amp, self.device)
-        self.step = 0
-        self.total_steps = None  # step budgets
-        self.elapsed = 0.0  # seconds of this run so far, evaluation and saves included (time budgets)
-        self.reserve = 0.0  # measured seconds of end-of-run work, kept free at the end of a time budget
-        self.last_batch = None
-        self._last_step_s = 0.0
+        self.net = self._wrap()
+        opt = adamw(self.model, c.weight_decay, c.base_lr(self.world), c.betas, self.device)
+        ema = EMA(self.model, c.ema_decay)
+        self.autocast, scaler = autocast_context(c.amp, self.device)
+        self.state = RunState(self.model, ema, opt, scaler)
         self.stop = StopOnSignal()
-        self._ema_model = None
-        if self.cfg.global_batch is not None:
-            from .recipe import grad_accum_for
-            self.cfg.grad_accum = grad_accum_for(self.cfg.global_batch, self.cfg.batch_size, self.world)
-        self.feed = BatchFeed(self.train_set, self.device, self.cfg.workers, self.cfg.prefetch,
+        if c.global_batch is not None:
+            c.grad_accum = grad_accum_for(c.global_batch, c.batch_size, self.world)
+        self.feed = BatchFeed(self.train_set, self.device, c.workers, c.prefetch,
                               log_path=self.out / DATA_LOG if self.main else None)
         self.steps_per_epoch = self.batch_plan().steps_per_epoch  # optimizer steps
+        self.saver = Saver(self.out, self.state, self.ranks, c, self.autocast, self.notes)
+        self.evaluator = Evaluator(self.state, self.val_set, self.out, c, self.device, self.autocast, self.stop,
+                                   self.notes, self.progress_bar)
+
+    def _wrap(self) -> torch.nn.Module:
+        """What the step calls: the model, or under torchrun its DDP wrapper."""
+        if self.world == 1:
+            return self.model
+        # without label drop the fake latent gets no gradient; DDP must be told, or the bucket holding it
+        # is never all-reduced and every rank silently keeps its own gradient
+        return DistributedDataParallel(self.model, find_unused_parameters=self.model.config.label_drop_prob == 0,
+                                       device_ids=[self.ranks.local_rank] if self.device.type == "cuda" else None)
 
     def leave_process_group(self):
-        """After a finished run under torchrun: wait for rank 0's end-of-run work, then leave together
-        (a rank that exits while the group lives can abort in gloo's teardown and fail the launch)."""
-        if self.world > 1 and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        """After a finished run under torchrun: leave with the other ranks (see `Ranks.leave`)."""
+        self.ranks.leave()
 
-    def _agree(self, *values: float):
-        """The largest value over the ranks (the slowest clock): every rank follows one schedule and ends
-        at the same step (a rank that stopped early would leave the others in a mismatched collective)."""
-        if self.world > 1:
-            t = torch.tensor(values, dtype=torch.float64, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            values = tuple(t.tolist())
-        return values[0] if len(values) == 1 else tuple(values)
-
-    def _agreed_reserve(self) -> float:  # as an `_agree` operand: rank 0's, since only rank 0 validates
-        return self.reserve if self.main else -math.inf
+    def ema_model(self) -> FractalGen:
+        """The EMA weights in an eval-mode model (see `Evaluator.ema_model`)."""
+        return self.evaluator.ema_model()
 
     # ------------------------------------------------------------------ data
     def batch_plan(self) -> BatchPlan:
@@ -128,8 +146,6 @@ class Trainer(Checkpointing):
 
     def _resume_data(self, saved: dict | None):
         """Refuse (or, with allow_world_change, adapt to) a resume whose batches would not continue."""
-        from .recipe import grad_accum_for, world_change
-
         c = self.cfg
         if saved and saved["world"] != self.world and c.allow_world_change and c.global_batch is None:
             c.grad_accum = grad_accum_for(saved["global_batch"], c.batch_size, self.world)
@@ -153,145 +169,149 @@ class Trainer(Checkpointing):
             return max(1, round(c.epochs * self.steps_per_epoch))
         return None
 
-    @property
-    def budget_s(self) -> float:
-        return self.cfg.minutes * 60 if self.cfg.minutes is not None else math.inf
-
-    def _time_progress(self, seconds: float) -> float:
-        # the end of the run keeps `reserve` seconds for its validation and samples (at most half the budget)
-        return seconds / max(self.budget_s - min(self.reserve, self.budget_s / 2), 1e-9)
-
-    @property
-    def progress(self) -> float:
-        if self.total_steps is not None:
-            return self.step / self.total_steps
-        return self._time_progress(self.elapsed)
-
-    def _step_progress(self) -> float:
-        """Where the coming step sits in the schedule: its middle (see `lr_at`)."""
-        if self.total_steps is not None:
-            return (self.step + 0.5) / self.total_steps
-        guess = self._last_step_s / 2 if self._last_step_s else 5e-4 * self.budget_s
-        return self._time_progress(self.elapsed + guess)
-
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
-        c, model = self.cfg, self.model
-        model.train()
-        lr = lr_at(self._step_progress(), c.warmup, c.base_lr(self.world), c.min_lr)
-        for group in self.opt.param_groups:
+        """One optimizer step over `grad_accum` micro-batches: its loss (mean over the ranks), LR and grad norm."""
+        c, s = self.cfg, self.state
+        self.model.train()
+        lr = lr_at(s.step_progress(), c.warmup, c.base_lr(self.world), c.min_lr)
+        for group in s.opt.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss = 0.0
         for micro in range(c.grad_accum):
-            images, labels = self.batch(self.step, micro)
-            labels = labels if model.config.num_classes > 0 else None
-            self.last_batch = (images, labels)
-            with self.autocast:
-                loss = self.net(images, labels) / c.grad_accum
-            check = loss.detach().clone()
-            if self.world > 1:  # every rank must see the same verdict, or the others would hang
-                dist.all_reduce(check)
-                check /= self.world
-            if not torch.isfinite(check):
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step}; {self.last_good()} — "
-                                    "resume from it with a lower --lr or --amp none")
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            loss_sum += check.item()
-        if self.scaler:
-            self.scaler.unscale_(self.opt)
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        if self.scaler:
-            self.scaler.step(self.opt)
-            self.scaler.update()
+            loss += self._backward(micro)
+        if s.scaler:
+            s.scaler.unscale_(s.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        if s.scaler:
+            s.scaler.step(s.opt)
+            s.scaler.update()
         else:
-            self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.step += 1
-        self.ema.update(model, self.step)
-        return {"loss": loss_sum, "lr": lr, "grad_norm": float(gnorm)}
+            s.opt.step()
+        s.opt.zero_grad(set_to_none=True)
+        s.step += 1
+        s.ema.update(self.model, s.step)
+        return {"loss": loss, "lr": lr, "grad_norm": float(gnorm)}
 
-    # ------------------------------------------------------------------ evaluation
-    def ema_model(self) -> FractalGen:
-        """The EMA weights in an eval-mode model (built once, without drawing from the training RNG)."""
-        if self._ema_model is None:
-            with self._rng_kept():
-                self._ema_model = FractalGen(self.model.config).to(self.device)
-        self.ema.copy_to(self._ema_model)
-        return self._ema_model.eval()
+    def _backward(self, micro: int) -> float:
+        """Forward and backward of one micro-batch; its loss over the ranks, which all refuse a non-finite one
+        together (a rank that stopped alone would leave the others hanging)."""
+        s = self.state
+        images, labels = self.batch(s.step, micro)
+        s.last_batch = (images, labels if self.model.config.num_classes > 0 else None)
+        with self.autocast:
+            loss = self.net(*s.last_batch) / self.cfg.grad_accum
+        check = self.ranks.mean(loss.detach().clone())
+        if not torch.isfinite(check):
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {s.step}; {self.saver.last_good()} — "
+                                "resume from it with a lower --lr or --amp none")
+        (s.scaler.scale(loss) if s.scaler else loss).backward()
+        return check.item()
 
-    @torch.no_grad()
-    def validate(self, model: FractalGen, deadline: float = math.inf, bar=None) -> float | None:
-        """Validation bpd of the EMA weights on a fixed subset with fixed masks (comparable over time).
+    def save(self):
+        """Save the run (a collective under torchrun: every rank calls it)."""
+        self.saver.save(self.batch_plan())
 
-        None when `deadline` (time.time()) passes or a stop signal arrives before the end."""
-        from ..evaluate.bpd import dataset_bpd
+    def resume(self, path: Path | None = None):
+        """Continue from `train_state.pt`: weights, EMA, optimizer, step, clock and RNG states."""
+        self.saver.claim_folder(self.overwrite, resume=True)
+        self._resume_data(self.saver.load(path))
+        self.saver.repair()
 
-        with self._rng_kept():
-            r = dataset_bpd(model, self.val_set, limit=self.cfg.val_images, batch_size=250, seed=1234,
-                            passes=self.cfg.val_passes, autocast=self.autocast, bar=bar, progress=False,
-                            should_stop=lambda: time.time() > deadline or self.stop.requested)
-        return None if r is None else r["bpd"]
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Train to the end of the budget (or only up to step `stop_after`, saving state there).
 
-    @torch.no_grad()
-    def write_samples(self, model: FractalGen, deadline: float = math.inf, bar=None) -> bool:
-        """A sample grid of the EMA weights; False when cut short by `deadline` or a stop signal."""
-        from ..viz.grid import save_grid
-
-        def watch(level, canvas, unknown):
-            if level == 0:
-                if time.time() > deadline or self.stop.requested:
-                    raise _OutOfTime
-                if bar is not None:
-                    bar.update(1)
-
-        cfg = model.config
+        SIGTERM/SIGINT end the run after the current step, with a save; the returned record then has
+        `"stopped": <signal name>`. The end-of-run validation and samples count against a time budget
+        and are skipped when it is spent (or with `final_eval=False`)."""
         try:
-            with self._rng_kept():
-                if cfg.num_classes > 0:
-                    labels = torch.arange(cfg.num_classes).repeat_interleave(max(1, 40 // cfg.num_classes))[:100]
-                    if self.cfg.sample_labels:
-                        labels = torch.tensor(self.cfg.sample_labels)
-                    imgs = model.sample(labels.to(self.device), generator=torch.Generator(self.device).manual_seed(0),
-                                        record=watch)
-                else:
-                    imgs = model.sample(num_images=40, generator=torch.Generator(self.device).manual_seed(0),
-                                        record=watch)
-        except _OutOfTime:
-            return False
-        (self.out / "samples").mkdir(exist_ok=True)
-        path = self.out / "samples" / f"step_{self.step:07d}.png"
-        nrow = max(1, 40 // max(cfg.num_classes, 1)) if cfg.num_classes else 8
-        atomic_write(path, lambda tmp: save_grid(imgs.cpu(), tmp, nrow=nrow, by_column=True))
-        return True
+            self.saver.claim_folder(self.overwrite)
+            with self.stop:
+                run = self._start(stop_after)
+                while self.state.progress < 1.0 and self._step(run):
+                    pass
+                return self._finish(run)
+        finally:
+            self.feed.close()  # shut the loader's workers down
+            self.saver.lock.release()
 
-    def _sample_steps(self, model: FractalGen) -> int:
-        from ..sampling import steps_per_level
-
-        return steps_per_level(model.config)[0]
-
-    def evaluate(self, record: dict, deadline: float = math.inf, final: bool = False) -> dict | None:
-        """Validation bpd + a sample grid, logged; returns the logged record (None if cut short)."""
+    def _start(self, stop_after: int | None) -> _Pass:
+        """Seed a new run, record its options, plan its budget and (at step 0) validate its starting point."""
         from tqdm import tqdm
 
-        t0, model = time.time(), self.ema_model()
-        n = min(len(self.val_set), self.cfg.val_images)
-        with tqdm(total=n + self._sample_steps(model), desc="end of run: validation + samples" if final else
-                  f"step {self.step}: validation + samples", unit="it", leave=False,
-                  disable=not self.progress_bar, dynamic_ncols=True) as bar:
-            val = self.validate(model, deadline, bar)
-            wrote = val is not None and self.write_samples(model, deadline, bar)
-        self.reserve = 1.25 * (time.time() - t0)  # headroom: the end-of-run evaluation must fit in it
-        if val is None:
-            return None
-        rec = {"step": self.step, "loss": record.get("loss"), "val_bpd": val}
-        if not wrote:
-            rec["samples"] = "skipped: " + ("stop signal" if self.stop.requested else "--minutes budget spent")
-        self.log(rec)
-        return rec
+        c, s = self.cfg, self.state
+        if s.step == 0:
+            torch.manual_seed(c.seed + self.rank)
+        if self.main:
+            self._write_run_config()
+        if s.total_steps is None:
+            s.total_steps = self.plan_steps()
+        s.budget_s = c.minutes * 60 if c.minutes is not None else math.inf
+        s.last_step_s = 0.0
+        timed = s.total_steps is None
+        bar = tqdm(total=round(s.budget_s) if timed else s.total_steps, initial=round(s.elapsed) if timed else s.step,
+                   disable=not (self.progress_bar and self.main), unit="s" if timed else "step", dynamic_ncols=True)
+        last = self.evaluator.first() if self.main and self.val_set is not None and s.step == 0 else {}
+        s.elapsed, s.reserve = self.ranks.agree(s.elapsed, self._agreed_reserve())  # rank 0 alone validated
+        return _Pass(bar, stop_after, last, t_log=time.time())
 
-    def log(self, record: dict):
-        with open(self.out / LOG_NAME, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    def _step(self, run: _Pass) -> bool:
+        """One iteration: a training step, then the log line, evaluation and save it calls for. Every rank
+        takes the same decisions (`agree`); False when the run stops after it."""
+        c, s = self.cfg, self.state
+        t0 = time.time()
+        record = self.train_step()
+        s.last_step_s = self.ranks.agree(time.time() - t0)
+        run.images += c.effective_batch * self.world
+        done = s.at_end()
+        halt = run.stop_after is not None and s.step >= run.stop_after
+        if not run.stopped and self.ranks.agree(bool(self.stop.requested)):
+            run.stopped = self.stop.requested or "a signal on another rank"
+        if self.main:
+            self._report(record, run, t0, end=done or bool(run.stopped))
+        if s.step % c.save_every == 0 or done or halt or run.stopped:
+            self.save()
+            if self.main:  # re-drawn with each save, not each log: it re-reads the whole log
+                self._plot()
+        # the whole iteration (step, eval, save) and the reserve rank 0's eval may have re-measured
+        spent, s.reserve = self.ranks.agree(time.time() - t0, self._agreed_reserve())  # the loop reads both
+        s.elapsed += spent
+        run.bar.update(round(s.elapsed) - run.bar.n if s.total_steps is None else 1)
+        run.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", step=s.step)
+        return not (halt or run.stopped)
+
+    def _report(self, record: dict, run: _Pass, t0: float, end: bool):
+        """The main rank's log line (every `log_every` steps and at the end) and evaluation (every `eval_every`)."""
+        c, step = self.cfg, self.state.step
+        if step % c.log_every == 0 or end:
+            now = time.time()
+            record.update(step=step, epoch=step * c.effective_batch * self.world / len(self.train_set),
+                          images_per_s=run.images / max(now - run.t_log, 1e-9), elapsed_s=self.elapsed + now - t0)
+            run.t_log, run.images = now, 0
+            append_log(self.out, record)
+            run.last = record
+        if self.val_set is not None and step % c.eval_every == 0 and not end:
+            if (val := self.evaluator.evaluate(record["loss"])) is not None:
+                run.bar.write(f"step {step}: loss {record['loss']:.4f}  val bpd {val['val_bpd']:.4f}")
+                run.last = {**record, **val}
+
+    def _finish(self, run: _Pass) -> dict:
+        """Take the save a time budget cut off, then the end-of-run evaluation (not after a stop); returns
+        the last logged record."""
+        run.bar.close()
+        if self.saver.last_save_step != self.step:  # a time budget ran out inside an iteration's eval or save
+            self.save()
+        if run.stopped:
+            return {**run.last, "stopped": run.stopped,
+                    "message": describe_signal_exit(self.out, self.step, run.stopped)}
+        if run.stop_after is None and self.cfg.final_eval and self.main and self.val_set is not None:
+            run.last = self.evaluator.final(run.last)
+            self._plot()
+        return run.last
+
+    def _agreed_reserve(self) -> float:  # as an `agree` operand: rank 0's, since only rank 0 evaluates
+        return self.state.reserve if self.main else -math.inf
 
     def _write_run_config(self):
         text = json.dumps({"train": self.cfg.to_dict(), "world_size": self.world,
@@ -303,97 +323,3 @@ class Trainer(Checkpointing):
 
         if (self.out / LOG_NAME).exists():
             atomic_write(self.out / "loss.png", lambda tmp: plot_metrics(self.out / LOG_NAME, tmp))
-
-    # ------------------------------------------------------------------ the loop
-    def fit(self, stop_after: int | None = None) -> dict:
-        """Train to the end of the budget (or only up to step `stop_after`, saving state there).
-
-        SIGTERM/SIGINT end the run after the current step, with a save; the returned record then has
-        `"stopped": <signal name>`. The end-of-run validation and samples count against a time budget
-        and are skipped when it is spent (or with `final_eval=False`)."""
-        try:
-            self.claim_folder()
-            with self.stop:
-                return self._fit(stop_after)
-        finally:
-            self.feed.close()  # shut the loader's workers down
-            self.lock.release()
-
-    def _fit(self, stop_after: int | None) -> dict:
-        from tqdm import tqdm
-
-        c = self.cfg
-        if self.step == 0:
-            torch.manual_seed(c.seed + self.rank)
-        if self.main:
-            self._write_run_config()
-        if self.total_steps is None:
-            self.total_steps = self.plan_steps()
-        timed = self.total_steps is None
-        self._last_step_s = 0.0
-        bar = tqdm(total=round(self.budget_s) if timed else self.total_steps,
-                   initial=round(self.elapsed) if timed else self.step, disable=not (self.progress_bar and self.main),
-                   unit="s" if timed else "step", dynamic_ncols=True)
-        last = {}
-        if self.main and self.val_set is not None and self.step == 0:  # the starting point of the curve
-            t0 = time.time()
-            last = {"step": 0, "val_bpd": self.validate(self.ema_model())}
-            self.log(last)
-            self.elapsed += time.time() - t0
-            self.reserve = 2 * (time.time() - t0)  # a first guess for validation + samples, measured later
-        self.elapsed, self.reserve = self._agree(self.elapsed, self._agreed_reserve())  # rank 0 alone validated
-        t_log, imgs_since = time.time(), 0
-        stopped = None
-        while self.progress < 1.0:
-            t0 = time.time()
-            rec = self.train_step()
-            self._last_step_s = self._agree(time.time() - t0)
-            imgs_since += c.effective_batch * self.world
-            done = self._time_progress(self.elapsed + self._last_step_s) >= 1.0 if timed \
-                else self.step >= self.total_steps
-            stop = stop_after is not None and self.step >= stop_after
-            if not stopped and self._agree_flag(bool(self.stop.requested)):
-                stopped = self.stop.requested or "a signal on another rank"
-            if self.main and (self.step % c.log_every == 0 or done or stopped):
-                now = time.time()
-                rec.update(step=self.step, epoch=self.step * c.effective_batch * self.world / len(self.train_set),
-                           images_per_s=imgs_since / max(now - t_log, 1e-9), elapsed_s=self.elapsed + now - t0)
-                t_log, imgs_since = now, 0
-                self.log(rec)
-                last = rec
-            if self.main and self.val_set is not None and self.step % c.eval_every == 0 and not (done or stopped):
-                if (val := self.evaluate(rec)) is not None:
-                    bar.write(f"step {self.step}: loss {rec['loss']:.4f}  val bpd {val['val_bpd']:.4f}")
-                    last = {**rec, **val}
-            if self.step % c.save_every == 0 or done or stop or stopped:
-                self.save()
-                if self.main:  # re-drawn with each save, not each log: it re-reads the whole log
-                    self._plot()
-            # the whole iteration (step, eval, save) and the reserve rank 0's eval may have re-measured
-            spent, self.reserve = self._agree(time.time() - t0, self._agreed_reserve())  # the loop reads both
-            self.elapsed += spent
-            bar.update(round(self.elapsed) - bar.n if timed else 1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", step=self.step)
-            if stop or stopped:
-                break
-        bar.close()
-        if self.last_save_step != self.step:  # a time budget ran out inside an iteration's eval or save
-            self.save()
-        if stopped:
-            return {**last, "stopped": stopped, "message": describe_signal_exit(self.out, self.step, stopped)}
-        if stop_after is None and c.final_eval and self.main and self.val_set is not None:
-            t_final = time.time()
-            deadline = t_final + (self.budget_s - self.elapsed)
-            val = self.evaluate(last, deadline, final=True)
-            self.elapsed += time.time() - t_final
-            if val is None:
-                why = "stop signal" if self.stop.requested else "--minutes budget spent"
-                self.log({"step": self.step, "final_eval": f"skipped: {why}"})
-                self.notes.append(f"skipped the end-of-run validation and samples ({why}); "
-                                  f"fractalgm nll --model {self.out / 'model'} measures it")
-            else:
-                last = {**last, **val}
-                if "samples" in val:
-                    self.notes.append(f"skipped the end-of-run sample grid ({val['samples'].split(': ')[1]})")
-            self._plot()
-        return last
