@@ -2,9 +2,10 @@
 
 The paper's point that pixel-by-pixel generation is interpretable and interactive, made visible: the
 page streams every frame of the recursion (level by level, depth first) as the model draws it. The
-server is a FastAPI (Starlette + uvicorn) app over the public model API; generation runs in a bounded
-worker queue (`jobs`), requests are validated against limits fixed at start (`limits`), and only the
-models named at start can ever be loaded (`registry`). Install with `pip install "fractalgm[serve]"`.
+server is a FastAPI (Starlette + uvicorn) app over the public model API (`app` assembles the routers
+of `routes`); generation runs in a bounded worker queue (`jobs`), requests are validated against
+limits fixed at start (`limits`), and only the models named at start can ever be loaded (`registry`).
+Install with `pip install "fractalgm[serve]"`.
 """
 from .limits import Limits
 

@@ -99,6 +99,17 @@ def known_mask(params: InpaintParams, mask: torch.Tensor | None, size: int) -> t
     return known
 
 
+def test_set(entry: ModelEntry) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's test set (uint8 images, labels) for its picker, or a 404 that says why there is none."""
+    try:
+        data = entry.test_set()
+    except (OSError, ValueError) as e:
+        raise RequestError(f"the test set of {entry.name!r} cannot be loaded: {e}", 404) from e
+    if data is None:
+        raise RequestError(f"{entry.name!r} has no test-set picker; upload an image instead", 404)
+    return data
+
+
 def _device_labels(spec: Spec, n: int) -> torch.Tensor | None:
     model = spec.entry.model
     return None if spec.label is None else torch.full((n,), spec.label, dtype=torch.long, device=model.device)
