@@ -67,8 +67,8 @@ def main():
         torch.manual_seed(0)
         model = FractalGen(get_preset(name)).to(device).eval()
         labels = torch.arange(4, device=device)
-        a = model.sample(labels, num_iter=4, cfg=2.0, generator=torch.Generator(device).manual_seed(1))
-        b = model.sample(labels, num_iter=4, cfg=2.0, generator=torch.Generator(device).manual_seed(1))
+        a = model.sample(labels, num_iter=4, cfg_scale=2.0, generator=torch.Generator(device).manual_seed(1))
+        b = model.sample(labels, num_iter=4, cfg_scale=2.0, generator=torch.Generator(device).manual_seed(1))
         same = torch.equal(a, b)
         ok &= same
         x = torch.randint(0, 256, (4, model.config.channels, model.config.image_size, model.config.image_size),

@@ -91,7 +91,7 @@ def evaluate(name: str, run: Path, model: FractalGen, test, reference: Reference
         if not path.exists():
             generate_samples_npz(model, path, samples, batch_size=args.sample_batch,
                                  conditional=model.config.num_classes > 0, label_list=labels, seed=args.seed,
-                                 num_iter=num_iter, cfg=cfg_scale, temperature=temperature)
+                                 num_iter=num_iter, cfg_scale=cfg_scale, temperature=temperature)
             row["sample_seconds"] = time.time() - t0
         images, sample_labels = load_samples_npz(path)
         row["samples_file"] = str(path)

@@ -47,6 +47,11 @@ class CountOps(TorchDispatchMode):  # aten ops dispatched: a load-independent me
         return func(*args, **(kwargs or {}))
 
 
+def guidance(model, scale):  # the keyword of the tree under test: `cfg_scale` now, `cfg` before the rename
+    import inspect
+    return {"cfg_scale" if "cfg_scale" in inspect.signature(model.sample).parameters else "cfg": scale}
+
+
 preset, what, opts, repeats = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
 model = FractalGen(get_preset(preset))
@@ -58,7 +63,7 @@ for i in range(repeats + 2):  # the first run warms up, the last counts ops
             model.eval()
             labels = torch.arange(opts.get("n", 8)) % 10
             t = time.process_time()
-            out = model.sample(labels, cfg=opts["cfg"], num_iter=opts.get("num_iter"), generator=g)
+            out = model.sample(labels, num_iter=opts.get("num_iter"), generator=g, **guidance(model, opts["cfg"]))
         else:
             model.train()
             x = torch.randint(0, 256, (opts["batch"], 1, 28, 28), generator=g, dtype=torch.uint8)

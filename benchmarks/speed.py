@@ -51,8 +51,11 @@ class Worker:
         if preset not in self.cache:
             import fractalgm
             from fractalgm import FractalGen, get_preset
-            from fractalgm.training.optim import EMA, param_groups
-            from fractalgm.runtime import autocast_context
+            try:  # this tree's layout, or the flat one of the baseline
+                from fractalgm.runtime import autocast_context
+                from fractalgm.training.optim import EMA, param_groups
+            except ImportError:
+                from fractalgm.train import EMA, autocast_context, param_groups
 
             torch = self.torch
             torch.manual_seed(0)
@@ -111,7 +114,8 @@ class Worker:
         times = []
         for r in range(reps):
             t0 = time.perf_counter()
-            model.sample(labels, num_iter=num_iter, cfg=cfg, generator=self.torch.Generator().manual_seed(r))
+            model.sample(labels, num_iter=num_iter, generator=self.torch.Generator().manual_seed(r),
+                         **guidance(model, cfg))
             times.append(time.perf_counter() - t0)
         return {"times": times}
 
@@ -367,3 +371,10 @@ def summarise(results, peaks, profiles, args) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def guidance(model, scale: float) -> dict:
+    """The guidance keyword of the tree under test: `cfg_scale` now, `cfg` before the rename."""
+    import inspect
+
+    return {"cfg_scale" if "cfg_scale" in inspect.signature(model.sample).parameters else "cfg": scale}

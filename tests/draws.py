@@ -77,7 +77,7 @@ class DrawAudit:
         low = (p < opts.filter_threshold) ^ near
         floor = c - c.max(-1, keepdim=True).values + u.max(-1, keepdim=True).values
         u = torch.where(low, torch.maximum(u, floor), u)
-        cfg = opts.cfg.to(c).unsqueeze(-1) if isinstance(opts.cfg, torch.Tensor) else opts.cfg
+        cfg = opts.cfg_scale.to(c).unsqueeze(-1) if isinstance(opts.cfg_scale, torch.Tensor) else opts.cfg_scale
         winner = (torch.softmax(u + cfg * (c - u), -1) / q).argmax(-1)
         return [(near.any(-1), winner)]
 

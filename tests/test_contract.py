@@ -100,22 +100,22 @@ def test_steps_per_level_counts_what_sampling_does(name):
 
 def test_plan_child_and_bad_options():
     cfg = config("mar-mar")
-    plan = make_plan(cfg, True, num_iter=[3, 2], cfg=2.0, cfg_schedule="linear", temperature=0.5, generator=gen(0))
+    plan = make_plan(cfg, True, num_iter=[3, 2], cfg_scale=2.0, cfg_schedule="linear", temperature=0.5, generator=gen(0))
     assert plan.guided and plan.steps == 3 and plan.schedule == "linear" and plan.level == 0
     child = plan.child(1.0)  # a step whose scale is exactly 1 still runs both halves
-    assert child.guided and child.cfg == 1.0 and child.level == 1 and child.steps == 2
+    assert child.guided and child.cfg_scale == 1.0 and child.level == 1 and child.steps == 2
     assert child.schedule == "constant" and child.temperature == 0.5 and child.generator is plan.generator
-    per_row = SamplePlan(cfg=torch.tensor([1.0, 2.0, 3.0]), paired=True).take(torch.tensor([2, 0]))
-    assert per_row.cfg.tolist() == [3.0, 1.0]
+    per_row = SamplePlan(cfg_scale=torch.tensor([1.0, 2.0, 3.0]), paired=True).take(torch.tensor([2, 0]))
+    assert per_row.cfg_scale.tolist() == [3.0, 1.0]
     assert not make_plan(cfg, False).guided
     with pytest.raises(ValueError, match="needs labels"):
-        make_plan(cfg, False, cfg=2.0)
+        make_plan(cfg, False, cfg_scale=2.0)
     with pytest.raises(ValueError, match="num_iter"):
         steps_per_level(cfg, [1])
     with pytest.raises(TypeError, match="whole numbers"):
         make_plan(cfg, True, num_iter=[2.5, 2])
-    for bad in ({"cfg": float("nan")}, {"temperature": float("inf")}, {"filter_threshold": "0.1"},
-                {"cfg": True}, {"filter_threshold": 1.5}, {"filter_threshold": -0.1}):
+    for bad in ({"cfg_scale": float("nan")}, {"temperature": float("inf")}, {"filter_threshold": "0.1"},
+                {"cfg_scale": True}, {"filter_threshold": 1.5}, {"filter_threshold": -0.1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             make_plan(cfg, True, **bad)
     assert make_plan(cfg, True, num_iter=torch.tensor([2, 1]).tolist(), filter_threshold=0).filter_threshold == 0

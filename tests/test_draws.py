@@ -14,7 +14,7 @@ WIDE = 0.05  # a margin so wide that every sample has borderline draws to flip
 def generate():
     model = perturb(build(tiny_config(("ar", "mar"), channels=3, guiding_pixel=True)))
     labels = torch.tensor([2, 5])
-    return lambda: model.sample(labels, num_iter=[1, 2], cfg=2.0, temperature=0.9, generator=gen(3))
+    return lambda: model.sample(labels, num_iter=[1, 2], cfg_scale=2.0, temperature=0.9, generator=gen(3))
 
 
 def test_a_rerun_is_its_own_explanation(generate):

@@ -65,7 +65,7 @@ def test_known_values_are_kept_exactly(kinds, C):
     images = random_images(model.config, 3, seed=1)
     labels = torch.tensor([1, 4, 7])
     for name, known in mask_cases(C).items():
-        for opts in ({}, dict(cfg=2.5, cfg_schedule="linear", temperature=0.8, num_iter=3)):
+        for opts in ({}, dict(cfg_scale=2.5, cfg_schedule="linear", temperature=0.8, num_iter=3)):
             out = model.inpaint(images, known, labels if opts else None, generator=gen(0), **opts)
             keep = known.expand_as(images)
             assert out.dtype == torch.uint8 and out.shape == images.shape
@@ -87,7 +87,7 @@ def test_nothing_known_is_sample(kinds, C):
     model = model_for(kinds, C)
     images, labels = random_images(model.config, 2), torch.tensor([3, 5])
     none = torch.zeros(2, C, 8, 8, dtype=torch.bool)
-    for opts in ({}, dict(cfg=3.0, cfg_schedule="linear", num_iter=[4, 3, 2][:len(kinds)])):
+    for opts in ({}, dict(cfg_scale=3.0, cfg_schedule="linear", num_iter=[4, 3, 2][:len(kinds)])):
         assert torch.equal(model.inpaint(images, none, labels, generator=gen(9), **opts),
                            model.sample(labels, generator=gen(9), **opts))
 
@@ -148,11 +148,11 @@ def test_mar_order_and_schedule_cover_the_unknown_tokens_only():
     def child(sub_conds, opts, index):
         rows, pos = index
         assert sub_conds.middle.size(0) == 2 * rows.numel()  # both CFG halves of the rows being generated
-        record.append((rows.clone(), pos.clone(), opts.cfg))
+        record.append((rows.clone(), pos.clone(), opts.cfg_scale))
         return torch.full((rows.numel(), 1, 1, 1), 7, dtype=torch.long)
 
     canvas = g.sample(Conditions(torch.randn(2 * M, 8)),
-                      SamplePlan(cfg=cfg, generator=gen(0), num_iter=(64,), schedule="linear"), child, known)
+                      SamplePlan(cfg_scale=cfg, generator=gen(0), num_iter=(64,), schedule="linear"), child, known)
     assert torch.equal(canvas[full], values[full]) and (canvas[~full] == 7).all()
     for b in range(M):
         U = int((~full[b]).sum())
@@ -249,8 +249,8 @@ def test_class_conditional_editing():
     model = model_for(("mar", "mar"))
     images = random_images(model.config, 2)
     known = masks.half(8, "right")
-    a = model.inpaint(images, known, torch.tensor([1, 1]), cfg=4.0, generator=gen(0))
-    b = model.inpaint(images, known, torch.tensor([2, 2]), cfg=4.0, generator=gen(0))
+    a = model.inpaint(images, known, torch.tensor([1, 1]), cfg_scale=4.0, generator=gen(0))
+    b = model.inpaint(images, known, torch.tensor([2, 2]), cfg_scale=4.0, generator=gen(0))
     keep = known.expand_as(images)
     assert torch.equal(a[keep], images[keep]) and torch.equal(b[keep], images[keep])
     assert not torch.equal(a, b)
@@ -278,7 +278,7 @@ def test_bad_masks_and_inputs_are_refused():
     with pytest.raises(ValueError, match="labels"):
         model.inpaint(images, box, torch.tensor([1]))
     with pytest.raises(ValueError, match="needs labels"):
-        model.inpaint(images, box, cfg=2.0)
+        model.inpaint(images, box, cfg_scale=2.0)
     with pytest.raises(ValueError, match="temperature"):
         model.inpaint(images, box, temperature=0)
 
@@ -328,8 +328,8 @@ def test_recording_shows_every_step_depth_first(kinds):
     model = model_for(kinds, channels=1)
     labels = torch.tensor([1, 2])
     rec = Recorder()
-    out = model.sample(labels, cfg=2.0, generator=gen(0), record=rec)
-    assert torch.equal(out, model.sample(labels, cfg=2.0, generator=gen(0)))  # recording changes nothing
+    out = model.sample(labels, cfg_scale=2.0, generator=gen(0), record=rec)
+    assert torch.equal(out, model.sample(labels, cfg_scale=2.0, generator=gen(0)))  # recording changes nothing
     # one frame per step of every level, the lower levels' steps before the step that called them
     per_call = {("mar", "mar"): [1] * 4 + [0], ("ar", "ar"): [1] * 4 + [0],
                 ("mar", "mar", "mar"): ([2] * 4 + [1]) * 4 + [0]}[kinds]

@@ -88,7 +88,7 @@ def test_shapes_and_dtypes(name):
     assert out.dtype == torch.uint8 and out.shape == (B, C, S, S)
     out = model.sample(num_images=3, generator=gen(0))
     assert out.shape == (3, C, S, S)
-    out = model.sample(labels, cfg=2.0, cfg_schedule="linear", temperature=0.9, generator=gen(0))
+    out = model.sample(labels, cfg_scale=2.0, cfg_schedule="linear", temperature=0.9, generator=gen(0))
     assert out.dtype == torch.uint8 and out.shape == (B, C, S, S)
     assert model.sample(labels[:1], num_iter=2, generator=gen(0)).shape == (1, C, S, S)
 
@@ -249,7 +249,7 @@ def brute_force_sample(level, conds, opts: SamplePlan, schedule: str) -> torch.T
         if opts.guided:
             tokens = torch.cat([tokens, tokens])
         cond = g.predict(tokens, None, Conditions(conds[0])).middle[:, s]
-        scale = 1 + (opts.cfg - 1) * (s + 1) / L if schedule == "linear" else opts.cfg
+        scale = 1 + (opts.cfg_scale - 1) * (s + 1) / L if schedule == "linear" else opts.cfg_scale
         step = SamplePlan(scale, opts.temperature, opts.filter_threshold, opts.generator)
         if isinstance(level.next_fractal, PixelHead):
             canvas[:, s] = level.next_fractal.sample(cond, step).view(M, C, 1, 1)
@@ -263,7 +263,7 @@ def test_ar_sample_equals_brute_force(cfg_scale, schedule):
     cfg = tiny_config(("ar", "ar"), channel_order="grb")
     model = perturb(build(cfg))
     labels = torch.tensor([1, 4])
-    fast = model.sample(labels, cfg=cfg_scale, cfg_schedule=schedule, temperature=0.9, generator=gen(7))
+    fast = model.sample(labels, cfg_scale=cfg_scale, cfg_schedule=schedule, temperature=0.9, generator=gen(7))
     with torch.no_grad():
         cond = model.class_emb(labels)
         if cfg_scale != 1.0:
@@ -295,14 +295,14 @@ def test_sampling_seeds_and_cfg(name):
     assert torch.equal(a, model.sample(labels, generator=gen(1)))
     assert not torch.equal(a, model.sample(labels, generator=gen(2)))
     # cfg = 1 is no guidance, whatever the schedule
-    assert torch.equal(a, model.sample(labels, cfg=1.0, generator=gen(1)))
-    assert torch.equal(a, model.sample(labels, cfg=1.0, cfg_schedule="linear", generator=gen(1)))
+    assert torch.equal(a, model.sample(labels, cfg_scale=1.0, generator=gen(1)))
+    assert torch.equal(a, model.sample(labels, cfg_scale=1.0, cfg_schedule="linear", generator=gen(1)))
     # the label matters, and so does guidance
     assert not torch.equal(a, model.sample(num_images=2, generator=gen(1)))
-    guided = model.sample(labels, cfg=4.0, generator=gen(1))
+    guided = model.sample(labels, cfg_scale=4.0, generator=gen(1))
     assert not torch.equal(a, guided)
-    assert torch.equal(guided, model.sample(labels, cfg=4.0, generator=gen(1)))
-    assert not torch.equal(guided, model.sample(labels, cfg=4.0, cfg_schedule="linear", generator=gen(1)))
+    assert torch.equal(guided, model.sample(labels, cfg_scale=4.0, generator=gen(1)))
+    assert not torch.equal(guided, model.sample(labels, cfg_scale=4.0, cfg_schedule="linear", generator=gen(1)))
     # unconditional sampling is reproducible too
     assert torch.equal(model.sample(num_images=2, generator=gen(3)), model.sample(num_images=2, generator=gen(3)))
 
@@ -319,7 +319,7 @@ def test_samples_follow_the_model_distribution(kind, cfg_scale, temperature):
     assert (c - u).abs().max() > 0.5  # the class matters
     probs = torch.softmax((u + cfg_scale * (c - u)) / temperature, 0)
     N = 20_000
-    out = model.sample(label.expand(N), cfg=cfg_scale, temperature=temperature, filter_threshold=0.0,
+    out = model.sample(label.expand(N), cfg_scale=cfg_scale, temperature=temperature, filter_threshold=0.0,
                        generator=gen(11))
     counts = torch.bincount(out.flatten().long(), minlength=256).double()
     expected = N * probs
@@ -343,7 +343,7 @@ def test_mar_sampling_conditions_on_revealed_tokens(monkeypatch):
 
     monkeypatch.setattr(model.generator, "predict", recording_predict)
     labels = torch.tensor([1, 2])
-    images = model.sample(labels, cfg=2.0, num_iter=[5, 4], generator=gen(4))
+    images = model.sample(labels, cfg_scale=2.0, num_iter=[5, 4], generator=gen(4))
     final = patchify(images.long(), 2)  # (B, L, C, p, p) level-0 tokens of the result
     final = torch.cat([final, final])  # conditional and unconditional halves see the same canvas
     assert len(calls) == 5
@@ -376,7 +376,7 @@ def test_sampling_embeds_the_sampled_guiding_pixel(monkeypatch):
     monkeypatch.setattr(level.generator, "predict", recording_predict)
     for cfg_scale in (1.0, 2.0):
         sampled.clear(), seen.clear()
-        model.sample(torch.tensor([3, 4]), cfg=cfg_scale, num_iter=[3, 4], generator=gen(2))
+        model.sample(torch.tensor([3, 4]), cfg_scale=cfg_scale, num_iter=[3, 4], generator=gen(2))
         assert len(sampled) == 3 and len(seen) == 3 * 4
         for n, g in seen:
             values = sampled[n - 1]
@@ -413,7 +413,7 @@ def test_pixel_head_sampling_matches_its_likelihood(order, cfg_scale, temperatur
 def fake_child(record, C=3, p=1):
     def child(sub_conds, step_opts, index):
         rows, positions = index
-        record.append(dict(n=rows.numel(), conds=sub_conds.middle.size(0), cfg=float(step_opts.cfg),
+        record.append(dict(n=rows.numel(), conds=sub_conds.middle.size(0), cfg=float(step_opts.cfg_scale),
                            rows=rows.clone(), positions=positions.clone()))
         return torch.zeros(rows.numel(), C, p, p, dtype=torch.long)
     return child
@@ -421,7 +421,7 @@ def fake_child(record, C=3, p=1):
 
 def plan(cfg=1.0, num_iter=64, schedule="constant", seed=0) -> SamplePlan:
     """A one-level plan for a generator sampled on its own."""
-    return SamplePlan(cfg=cfg, generator=gen(seed), num_iter=(num_iter,), schedule=schedule)
+    return SamplePlan(cfg_scale=cfg, generator=gen(seed), num_iter=(num_iter,), schedule=schedule)
 
 
 def spec(size, kind, token_channels=3, cond_dim=8, width=8) -> LevelSpec:
@@ -493,7 +493,7 @@ def test_guided_logits_filter_and_temperature():
     c = torch.tensor([[4.0, 2.0, -10.0, 0.0, -6.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
     u = torch.tensor([[1.0, 3.0, -2.0, 0.5, -30.0], [0.0, 2.0, -1.0, 0.0, 3.0]])
     T, tau, cfg = 0.5, 0.01, 3.0
-    out = guided_logits(torch.cat([c, u]), SamplePlan(cfg=cfg, temperature=T, filter_threshold=tau))
+    out = guided_logits(torch.cat([c, u]), SamplePlan(cfg_scale=cfg, temperature=T, filter_threshold=tau))
     # spec §6.3 on the temperature-scaled logits, written out element by element
     cs, us = (c / T).tolist(), (u / T).tolist()
     want = []
@@ -676,7 +676,7 @@ def test_input_validation():
         model.nll(images, passes=0)
     # sampling
     with pytest.raises(ValueError, match="needs labels"):
-        model.sample(num_images=2, cfg=2.0)
+        model.sample(num_images=2, cfg_scale=2.0)
     with pytest.raises(ValueError, match="num_images"):
         model.sample()
     with pytest.raises(ValueError, match="num_images"):
@@ -736,7 +736,7 @@ def test_state_dict_round_trip(name, tmp_path):
     assert not torch.equal(before, want)
     assert torch.equal(got, want)
     assert torch.equal(model.sample(labels, generator=gen(5)), fresh.sample(labels, generator=gen(5)))
-    assert torch.equal(model.sample(labels, cfg=2.0, generator=gen(6)), fresh.sample(labels, cfg=2.0, generator=gen(6)))
+    assert torch.equal(model.sample(labels, cfg_scale=2.0, generator=gen(6)), fresh.sample(labels, cfg_scale=2.0, generator=gen(6)))
     # sampling leaves nothing behind in the state dict (the reference's KV-cache leak)
     assert set(fresh.state_dict()) == set(load_file(str(path)))
 

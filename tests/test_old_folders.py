@@ -95,10 +95,10 @@ def sampled(model: FractalGen, num_iter) -> dict[str, Callable[[], torch.Tensor]
     return {
         "sample_cfg1": lambda: model.sample(labels, num_iter=n, generator=g(7)),
         "sample_uncond": lambda: model.sample(num_images=2, generator=g(8)),
-        "sample_cfg3_linear": lambda: model.sample(labels, num_iter=n, cfg=3.0, cfg_schedule="linear",
+        "sample_cfg3_linear": lambda: model.sample(labels, num_iter=n, cfg_scale=3.0, cfg_schedule="linear",
                                                    temperature=0.9, generator=g(9)),
         "inpaint_cfg1": lambda: model.inpaint(images, known, generator=g(10)),
-        "inpaint_cfg2": lambda: model.inpaint(images, masks.half(S, "bottom"), labels, num_iter=n, cfg=2.0,
+        "inpaint_cfg2": lambda: model.inpaint(images, masks.half(S, "bottom"), labels, num_iter=n, cfg_scale=2.0,
                                               generator=g(11)),
     }
 

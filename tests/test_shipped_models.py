@@ -21,6 +21,6 @@ def test_default_model_likelihood_and_class_conditional_samples():
     assert nll.bpd.mean().item() < 2.80  # 2.731 on these 200 images; 2.811 on all 10,000
 
     labels = torch.arange(10).repeat_interleave(5)
-    images = model.sample(labels, cfg=1.5, generator=torch.Generator().manual_seed(0))
+    images = model.sample(labels, cfg_scale=1.5, generator=torch.Generator().manual_seed(0))
     accuracy = (load_classifier().predict(images) == labels).float().mean().item()
     assert accuracy >= 0.8  # 91.3 % ± 0.9 over 1,000 samples

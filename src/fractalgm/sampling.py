@@ -29,14 +29,14 @@ class SamplePlan:
 
     `num_iter` holds the MAR steps of every level and `level` says which one this plan is for;
     `schedule` is the CFG schedule of this level (the user's at the top, "constant" below: a lower
-    level runs at the scale of its parent's step). `cfg` is the scale for the current step: a float,
+    level runs at the scale of its parent's step). `cfg_scale` is the guidance scale for the current step: a float,
     or one value per row (M,) when rows follow different schedules (inpainting with a linear
     schedule). `paired` says whether conditions carry conditional and unconditional halves; by
-    default that is `cfg != 1`, and `child()` keeps it, so a step whose scale happens to be exactly 1
+    default that is `cfg_scale != 1`, and `child()` keeps it, so a step whose scale happens to be exactly 1
     still runs both halves.
     """
 
-    cfg: float | torch.Tensor = 1.0
+    cfg_scale: float | torch.Tensor = 1.0
     temperature: float = 1.0
     filter_threshold: float = 1e-4
     generator: torch.Generator | None = None
@@ -47,7 +47,7 @@ class SamplePlan:
 
     @property
     def guided(self) -> bool:
-        return self.paired if self.paired is not None else bool(self.cfg != 1.0)
+        return self.paired if self.paired is not None else bool(self.cfg_scale != 1.0)
 
     @property
     def steps(self) -> int:
@@ -56,15 +56,15 @@ class SamplePlan:
 
     def scale(self, revealed: int, seq_len: int) -> float:
         """This level's guidance scale for a step after which `revealed` of `seq_len` tokens are known."""
-        return cfg_scale(self.cfg, self.schedule, revealed, seq_len)
+        return scheduled_scale(self.cfg_scale, self.schedule, revealed, seq_len)
 
-    def child(self, cfg: float | torch.Tensor) -> SamplePlan:
-        """The plan of the next level down, sampling the patches of a step whose scale is `cfg`."""
-        return replace(self, cfg=cfg, level=self.level + 1, schedule="constant", paired=self.guided)
+    def child(self, cfg_scale: float | torch.Tensor) -> SamplePlan:
+        """The plan of the next level down, sampling the patches of a step whose scale is `cfg_scale`."""
+        return replace(self, cfg_scale=cfg_scale, level=self.level + 1, schedule="constant", paired=self.guided)
 
     def take(self, rows: torch.Tensor) -> SamplePlan:
         """The plan of a subset of rows (only a per-row scale needs slicing)."""
-        return replace(self, cfg=self.cfg[rows]) if isinstance(self.cfg, torch.Tensor) else self
+        return replace(self, cfg_scale=self.cfg_scale[rows]) if isinstance(self.cfg_scale, torch.Tensor) else self
 
 
 def default_num_iter(config: FractalConfig) -> list[int]:
@@ -93,22 +93,22 @@ def steps_per_level(config: FractalConfig, num_iter: int | Sequence[int] | None 
 
 
 def make_plan(config: FractalConfig, conditional: bool, *, num_iter: int | Sequence[int] | None = None,
-              cfg: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
+              cfg_scale: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
               filter_threshold: float = 1e-4, generator: torch.Generator | None = None) -> SamplePlan:
     """The top-level plan of `FractalGen.sample`, or a clear error for options that cannot work."""
-    for name, value in (("cfg", cfg), ("temperature", temperature), ("filter_threshold", filter_threshold)):
+    for name, value in (("cfg_scale", cfg_scale), ("temperature", temperature), ("filter_threshold", filter_threshold)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not 0.0 <= filter_threshold <= 1.0:
         raise ValueError(f"filter_threshold is a probability in [0, 1], got {filter_threshold}")
-    if not conditional and cfg != 1.0:
-        raise ValueError("classifier-free guidance needs labels (cfg must be 1 without them)")
+    if not conditional and cfg_scale != 1.0:
+        raise ValueError("classifier-free guidance needs labels (cfg_scale must be 1 without them)")
     if cfg_schedule not in CFG_SCHEDULES:
         raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
     if temperature <= 0:
         raise ValueError("temperature must be positive")
     steps = tuple(resolve_num_iter(config, num_iter))
-    return SamplePlan(float(cfg), float(temperature), float(filter_threshold), generator, steps, cfg_schedule)
+    return SamplePlan(float(cfg_scale), float(temperature), float(filter_threshold), generator, steps, cfg_schedule)
 
 
 # ---------------------------------------------------------------------------- CFG pairing
@@ -128,16 +128,16 @@ def unpaired_count(rows: int, guided: bool) -> int:
     return rows // 2 if guided else rows
 
 
-def cfg_scale(cfg: float, schedule: str, revealed: int, seq_len: int) -> float:
+def scheduled_scale(cfg_scale: float, schedule: str, revealed: int, seq_len: int) -> float:
     """Guidance scale for a step after which `revealed` of `seq_len` tokens are known.
 
     "linear" grows as 1 + (cfg−1)·revealed/L (the reference: AR reaches cfg at the last token; MAR
     stops at 1 + (cfg−1)(L−1)/L because its last step leaves one token masked in the formula).
     """
     if schedule == "constant":
-        return cfg
+        return cfg_scale
     if schedule == "linear":
-        return 1.0 + (cfg - 1.0) * revealed / seq_len
+        return 1.0 + (cfg_scale - 1.0) * revealed / seq_len
     raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {schedule!r}")
 
 
@@ -158,8 +158,8 @@ def guided_logits(logits: torch.Tensor, opts: SamplePlan) -> torch.Tensor:
     low = torch.softmax(c, dim=-1) < opts.filter_threshold
     floor = c - c.max(-1, keepdim=True).values + u.max(-1, keepdim=True).values
     u = torch.where(low, torch.maximum(u, floor), u)
-    cfg = opts.cfg.to(c).unsqueeze(-1) if isinstance(opts.cfg, torch.Tensor) else opts.cfg
-    return u + cfg * (c - u)
+    scale = opts.cfg_scale.to(c).unsqueeze(-1) if isinstance(opts.cfg_scale, torch.Tensor) else opts.cfg_scale
+    return u + scale * (c - u)
 
 
 def sample_categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -159,7 +159,7 @@ def run(args):
             path = out / f"samples_cfg{cfg_scale:g}_temp{temperature:g}_n{args.num_samples}_seed{args.seed}.npz"
             if not path.exists():
                 generate_samples_npz(model, path, args.num_samples, batch_size=args.batch_size, conditional=conditional,
-                                     seed=args.seed, num_iter=num_iter, cfg=cfg_scale if conditional else 1.0,
+                                     seed=args.seed, num_iter=num_iter, cfg_scale=cfg_scale if conditional else 1.0,
                                      cfg_schedule=args.cfg_schedule, temperature=temperature,
                                      filter_threshold=args.filter_threshold)
             images, labels = load_samples_npz(path)
@@ -173,7 +173,7 @@ def run(args):
     if not args.no_cost:
         from ..evaluate.cost import measure_cost
 
-        report["cost"] = measure_cost(model, sampling={"num_iter": num_iter, "cfg": best["cfg"],
+        report["cost"] = measure_cost(model, sampling={"num_iter": num_iter, "cfg_scale": best["cfg"],
                                                        "temperature": best["temperature"]})
     (out / "eval.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     write_markdown(report, out / "eval.md")

@@ -84,7 +84,7 @@ def sampling_options(args, model) -> dict:
     num_iter = list(args.num_iter) if args.num_iter else None
     if num_iter is not None and len(num_iter) == 1:
         num_iter = num_iter[0]
-    return dict(num_iter=num_iter, cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
+    return dict(num_iter=num_iter, cfg_scale=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
                 filter_threshold=args.filter_threshold,
                 generator=torch.Generator(model.device).manual_seed(args.seed))
 

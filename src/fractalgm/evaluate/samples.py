@@ -79,7 +79,7 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
     """Sample `num_images` into `out` (ADM format), resumably; returns `out` on rank 0 (None elsewhere).
 
     Class-conditional models get balanced labels (cycling over `label_list`, default all classes)
-    unless `conditional=False`. `sampling` goes to `model.sample` (num_iter, cfg, temperature, …).
+    unless `conditional=False`. `sampling` goes to `model.sample` (num_iter, cfg_scale, temperature, …).
     """
     out = Path(out)
     if out.suffix != ".npz":
@@ -94,7 +94,7 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
     if conditional and (len(label_list) == 0 or label_list.min() < 0 or label_list.max() >= cfg.num_classes):
         raise ValueError(f"labels must be in [0, {cfg.num_classes})")
     if not conditional:
-        sampling["cfg"] = 1.0
+        sampling["cfg_scale"] = 1.0
     parts = out.with_name(out.name + ".parts")
     rank, world = _rank_world()
     settings = json.dumps({"num_images": num_images, "batch_size": batch_size, "conditional": conditional,

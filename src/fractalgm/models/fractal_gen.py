@@ -101,7 +101,7 @@ class FractalGen(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, labels=None, *, num_images: int | None = None, num_iter: int | Sequence[int] | None = None,
-               cfg: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
+               cfg_scale: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
                filter_threshold: float = 1e-4, generator: torch.Generator | None = None,
                record: Callable | None = None, images: torch.Tensor | None = None,
                known: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,10 +110,10 @@ class FractalGen(nn.Module):
         Args:
             labels: int64 (B,) class labels, or None for unconditional samples (then `num_images`).
             num_iter: MAR steps per level (one int for all levels, or one per level); AR ignores it.
-            cfg: classifier-free guidance scale (1 = none; needs labels).
+            cfg_scale: classifier-free guidance scale (1 = none; needs labels).
             cfg_schedule: "constant" or "linear" (top level only; lower levels get the step's scale).
             temperature: logits are divided by it (reference τ ↔ 1/τ here).
-            filter_threshold: the reference's guidance filter τ_f (only used with cfg ≠ 1).
+            filter_threshold: the reference's guidance filter τ_f (only used with cfg_scale ≠ 1).
             generator: a torch.Generator; same seed ⇒ same images.
             record: a callable `record(level, canvas, unknown)`, e.g. `fractalgm.viz.Recorder()`,
                 called with level None for the starting canvas, then after every step of every
@@ -142,8 +142,9 @@ class FractalGen(nn.Module):
         else:
             labels = check_labels(self.config, labels, self.device)
             B = sample_count(labels, num_images)
-        plan = make_plan(self.config, labels is not None, num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule,
-                         temperature=temperature, filter_threshold=filter_threshold, generator=generator)
+        plan = make_plan(self.config, labels is not None, num_iter=num_iter, cfg_scale=cfg_scale,
+                         cfg_schedule=cfg_schedule, temperature=temperature, filter_threshold=filter_threshold,
+                         generator=generator)
         view = start_canvas(self.config, B, known, record, self.device)
         was_training = self.training
         self.eval()

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..likelihood import Rows, Term
-from ..sampling import Known, SamplePlan, cfg_scale, paired, paired_rows, random_orders, ranks_of, unpaired_count
+from ..sampling import Known, SamplePlan, paired, paired_rows, random_orders, ranks_of, scheduled_scale, unpaired_count
 from .contract import Conditions, LevelSpec
 from .layers import ViTBlock, init_weights, run_blocks
 from .pixel_head import PixelHead
@@ -140,7 +140,7 @@ class MARGenerator(nn.Module):
         if known is not None:
             canvas, mask = known.values.clone(), ~known.full
             rank = ranks_of((rank + L * known.full).argsort(-1))  # unknown tokens first, same relative order
-        schedule = SchedulePlan(mask.sum(1), plan.steps, plan.cfg, plan.schedule)
+        schedule = SchedulePlan(mask.sum(1), plan.steps, plan.cfg_scale, plan.schedule)
         p = self.cfg.patch_size
         shape = (self.spec.channels, p, p)
         for step in range(schedule.steps):
@@ -188,15 +188,15 @@ class SchedulePlan:
     revealed fraction of *its unknown* tokens, 1 + (cfg − 1)·(U − m)/U.
     """
 
-    def __init__(self, unknown: torch.Tensor, num_iter: int, cfg, schedule: str):
+    def __init__(self, unknown: torch.Tensor, num_iter: int, cfg_scale, schedule: str):
         counts = unknown.tolist()
         masked = {u: cosine_schedule(u, num_iter) for u in set(counts)}
         self.steps = max(map(len, masked.values()), default=0)
-        self.cfg = cfg
+        self.cfg_scale = cfg_scale
         after = {u: m[:-1] + [0] if m else [] for u, m in masked.items()}  # the last step reveals the rest
         scales = None
         if schedule == "linear":
-            scales = {u: [cfg_scale(cfg, schedule, u - k, u) for k in m] for u, m in masked.items()}
+            scales = {u: [scheduled_scale(cfg_scale, schedule, u - k, u) for k in m] for u, m in masked.items()}
         if len(masked) == 1:
             u, = masked
             self._after, self._scale = after[u], scales and scales[u]
@@ -214,4 +214,4 @@ class SchedulePlan:
 
     def scale(self, step: int):
         """The guidance scale of `step` (a float, or (M,) for per-row linear schedules)."""
-        return self.cfg if self._scale is None else self._scale[step]
+        return self.cfg_scale if self._scale is None else self._scale[step]

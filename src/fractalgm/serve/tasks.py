@@ -34,7 +34,7 @@ class Spec:
     num_images: int
     seeds: list[int]
     num_iter: list[int] | None
-    cfg: float
+    cfg_scale: float
     cfg_schedule: str
     temperature: float
     image: torch.Tensor | None = None  # (1, C, H, W) uint8, inpainting only
@@ -130,7 +130,7 @@ def run_spec(spec: Spec, job) -> dict:
             job.frame(level, torch.cat(columns + [live] + [pending] * (k - _done - 1)))
 
         generator = torch.Generator(model.device).manual_seed(seed)
-        options = dict(num_iter=spec.num_iter, cfg=spec.cfg, cfg_schedule=spec.cfg_schedule,
+        options = dict(num_iter=spec.num_iter, cfg_scale=spec.cfg_scale, cfg_schedule=spec.cfg_schedule,
                        temperature=spec.temperature, generator=generator, record=record)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
