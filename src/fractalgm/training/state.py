@@ -1,10 +1,10 @@
 """`RunState`: where a run stands — what a save writes, a resume restores and the schedule reads.
 
-The `Saver` and the `Evaluator` work on this object and nothing else of the trainer's, so what a
-checkpoint holds is visible in one place. `step` and `elapsed` (with `reserve`, the seconds kept free
-for the end-of-run evaluation) are the two clocks; the learning rate is a function of them, which is
-one half of what makes resume exact. The other half is `rng_kept`: evaluating and saving never move the
-random streams that training draws from.
+The `Saver` and the `Evaluator` reach the run only through this object (everything else they need
+is handed to them explicitly), so what a checkpoint holds is visible in one place. `step` and
+`elapsed` (with `reserve`, the seconds kept free for the end-of-run evaluation) are the two clocks;
+the learning rate is a function of them, which is one half of what makes resume exact. The other
+half is `rng_kept`: evaluating and saving never move the random streams that training draws from.
 """
 from __future__ import annotations
 
