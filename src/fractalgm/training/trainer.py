@@ -90,6 +90,7 @@ class Trainer:
     overwrite: bool = False  # start over in a folder that holds a run (else: refuse, unless resumed)
     run_options: dict = field(default_factory=dict)  # the CLI's other options, saved for --resume
 
+    # what the CLI, the benchmarks and the tests read of a trainer, held by its parts
     step, total_steps, elapsed, ema, opt = _Of("state"), _Of("state"), _Of("state"), _Of("state"), _Of("state")
     rank, world, main, device = _Of("ranks"), _Of("ranks"), _Of("ranks"), _Of("ranks")
 
