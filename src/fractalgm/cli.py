@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_convert)
     from .data import prepare_cli
     prepare_cli.add_parser(sub)
+    from .codec.cli import add_parser as add_codec_parser; add_codec_parser(sub)
     from .serve.command import add_parser as add_serve_parser
     add_serve_parser(sub)
     return p
