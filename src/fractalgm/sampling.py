@@ -34,6 +34,12 @@ class SamplePlan:
     schedule). `paired` says whether conditions carry conditional and unconditional halves; by
     default that is `cfg_scale != 1`, and `child()` keeps it, so a step whose scale happens to be exactly 1
     still runs both halves.
+
+    Two hooks serve exact-likelihood coding (`fractalgm.codec`); by default both are off. `draw`
+    replaces the random draw of every pixel-head channel: `draw(logits, kept)` gets the guided
+    logits (rows, 256) and, when values are known, `kept` (rows,) (−1 where unknown), and returns
+    the values. `every_token` makes AR levels call their child for entirely known tokens too, so a
+    teacher-forced run computes every token's probabilities with the arithmetic of a free run.
     """
 
     cfg_scale: float | torch.Tensor = 1.0
@@ -44,6 +50,8 @@ class SamplePlan:
     schedule: str = "constant"
     level: int = 0
     paired: bool | None = None
+    draw: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+    every_token: bool = False
 
     @property
     def guided(self) -> bool:

@@ -1,4 +1,5 @@
-"""The `fractalgm` command line: train | sample | inpaint | nll | eval | info | convert | prepare | serve.
+"""The `fractalgm` command line: train | sample | inpaint | nll | eval | info | convert | prepare |
+compress | decompress | serve.
 
 One module per subcommand, each with `add_parser(sub)` and `run(args)`. Each flag's type checks its range
 (`fractalgm.checks`), outputs are checked before the work starts and a typed flag that would do nothing is
@@ -9,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..codec import cli as codec
 from . import convert, info, inpaint, nll, prepare, sample, serve, train
 from . import eval as evaluate
 from .common import given_flags
 
-SUBCOMMANDS = (train, sample, inpaint, nll, info, evaluate, convert, prepare, serve)  # the order of --help
+SUBCOMMANDS = (train, sample, inpaint, nll, info, evaluate, convert, prepare, codec, serve)  # the order of --help
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,7 +66,8 @@ class ARGenerator(nn.Module):
         `child(conds, plan, index)` samples the patches at the given (rows, positions). With `known`
         (patches (M, L, C, p, p)), entirely known tokens are teacher-forced without calling the
         child; partly known ones go to the child (the caller passes their known values). A token
-        only sees known tokens *before* it in raster order: causality hides the later ones.
+        only sees known tokens *before* it in raster order: causality hides the later ones. With
+        `plan.every_token` the child is called for every token, known or not (exact coding).
         """
         L, guided = self.cfg.seq_len, plan.guided
         rows = conds.rows
@@ -75,7 +76,7 @@ class ARGenerator(nn.Module):
         caches = [KVCache(rows, self.cfg.num_heads, L + 1, self.cfg.head_dim, conds.middle.device, dtype)
                   for _ in self.blocks]
         canvas = None if known is None else known.values.clone()
-        todo = None if known is None else ~known.full  # (M, L) tokens to generate
+        todo = None if known is None or plan.every_token else ~known.full  # (M, L) tokens to generate
         x = self.cond_emb(conds.middle).unsqueeze(1)  # step 0 decodes the condition token
         for s in range(L):
             if s > 0:

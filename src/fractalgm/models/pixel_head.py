@@ -101,13 +101,19 @@ class PixelHead(nn.Module):
                known_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(rows, C) integer pixels; `cond` has 2·rows entries when guided (cond half first).
 
-        `known`/`known_mask` (rows, C) teacher-force channels whose values are given.
+        `known`/`known_mask` (rows, C) teacher-force channels whose values are given. `opts.draw`, when
+        set, chooses the values instead of the random draw (see `SamplePlan`).
         """
         rows = unpaired_count(cond.size(0), opts.guided)
         values = torch.zeros(rows, len(self.order), dtype=torch.long, device=cond.device)
         for pos, ch in enumerate(self.order):
             h = self._hidden(paired(values, opts.guided), cond, pos + 1)[:, pos]
-            drawn = sample_categorical(guided_logits(self._logits(h, pos), opts), opts.generator)
+            logits = guided_logits(self._logits(h, pos), opts)
+            if opts.draw is None:
+                drawn = sample_categorical(logits, opts.generator)
+            else:
+                kept = None if known_mask is None else torch.where(known_mask[:, ch], known[:, ch], -1)
+                drawn = opts.draw(logits, kept)
             if known_mask is not None:
                 drawn = torch.where(known_mask[:, ch], known[:, ch], drawn)
             values[:, ch] = drawn

@@ -1,0 +1,87 @@
+"""Runs the model's sequential sampling path over a fixed number of rows, with the `draw` hook.
+
+Encoder and decoder both run `FractalGen`'s KV-cached sampling loop (`generate_level`): the decoder
+draws each pixel from its image's coder, the encoder teacher-forces the true pixels (`every_token`, so
+every token's probabilities are computed exactly as in the free run) and codes them. The draw calls
+come depth first in the same order at both ends.
+
+Rows are independent in the model, but the arithmetic of a row may depend on how many rows run
+together (kernels choose blockings by shape). So the model always runs on exactly `chunk` rows, the
+number recorded in the file: a short batch, or one image decoded alone, is padded with blank rows.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..models.contract import Conditions
+from ..models.fractal import generate_level
+from ..sampling import Known, make_plan
+from .coding import ImageDecoder, ImageEncoder, coder_weights, quantise
+from .errors import CodecError
+
+
+def check_codable(model):
+    """Only all-AR models have one fixed drawing order; MAR levels draw their order at random."""
+    kinds = [lv.kind for lv in model.config.levels]
+    if any(k != "ar" for k in kinds):
+        raise CodecError(f"the codec supports AR models only; this model's levels are {'/'.join(kinds)} "
+                         "(use an AR model such as fmnist-ar)")
+
+
+@torch.no_grad()
+def _run(model, labels: torch.Tensor | None, chunk: int, draw: Callable, images: torch.Tensor | None):
+    """One pass of the sampling loop over `chunk` rows (labels/images already padded to it)."""
+    model.eval()
+    cond = model._class_condition(labels, chunk)
+    conds = Conditions.repeated(cond, model.spec.num_conds)
+    plan = replace(make_plan(model.config, labels is not None), draw=draw, every_token=images is not None)
+    known = None if images is None else Known.of(images, torch.ones_like(images, dtype=torch.bool))
+    return generate_level(model.spec, model.generator, model.next_fractal, conds, plan, known, None)
+
+
+def _padded_labels(model, labels: np.ndarray | None, chunk: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    out = torch.zeros(chunk, dtype=torch.long, device=model.device)
+    out[:len(labels)] = torch.as_tensor(labels, dtype=torch.long)
+    return out
+
+
+def encode_rows(model, images: np.ndarray, labels: np.ndarray | None, chunk: int) -> list[np.ndarray]:
+    """Coded words of each of ≤ `chunk` images (n, C, H, W) uint8."""
+    n = len(images)
+    coders = [ImageEncoder() for _ in range(n)]
+    padded = torch.zeros(chunk, *images.shape[1:], dtype=torch.long, device=model.device)
+    padded[:n] = torch.as_tensor(images, dtype=torch.long)
+
+    def draw(logits, kept):
+        weights = coder_weights(quantise(logits[:n]))
+        symbols = kept[:n].tolist()
+        for j, coder in enumerate(coders):
+            coder.push(symbols[j], weights[j:j + 1])
+        return kept
+
+    _run(model, _padded_labels(model, labels, chunk), chunk, draw, padded)
+    return [c.finish() for c in coders]
+
+
+def decode_rows(model, streams: list[np.ndarray], labels: np.ndarray | None, chunk: int) -> np.ndarray:
+    """≤ `chunk` images (n, C, H, W) uint8 from their coded words."""
+    n = len(streams)
+    coders = [ImageDecoder(words) for words in streams]
+
+    def draw(logits, kept):
+        weights = coder_weights(quantise(logits[:n]))
+        out = torch.zeros(logits.size(0), dtype=torch.long)
+        try:
+            out[:n] = torch.tensor([coder.pull(weights[j:j + 1]) for j, coder in enumerate(coders)])
+        except (ValueError, RuntimeError, AssertionError) as e:  # constriction: stream ran dry / invalid
+            raise CodecError(f"a coded image is damaged or was coded with other arithmetic ({e})") from None
+        return out.to(logits.device)
+
+    out = _run(model, _padded_labels(model, labels, chunk), chunk, draw, None)
+    return out[:n].to("cpu", torch.uint8).numpy()
