@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -75,8 +77,8 @@ def main():
     result = {"images": n, "pixels": n * dims, "model": args.model, "labels": args.labels, "chunk": args.chunk,
               "torch_threads": args.threads, "torch": torch.__version__, "fractalgm": __version__,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.processor() or
-              platform.machine(), "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/codec_benchmark.py "
-              f"--limit {args.limit} --threads {args.threads} --chunk {args.chunk}" + " --labels" * args.labels}
+              platform.machine(), "command": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ)
+              + " .venv/bin/python " + " ".join(sys.argv)}
 
     def save():
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
