@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,7 +165,8 @@ def _flip(data: bytes, pos: int) -> bytes:
 
 @pytest.mark.parametrize("case, expect", [
     ("truncated", "damaged"), ("header bit", "damaged"), ("payload bit", "damaged"), ("magic", "not a fractalgm"),
-    ("foreign", "not a fractalgm"), ("wrong model", "coded with model"), ("index", "out of range")])
+    ("foreign", "not a fractalgm"), ("wrong model", "coded with model"), ("index", "out of range"),
+    ("version", "format version 2")])
 def test_damaged_or_mismatched_files_exit_2_with_one_line_and_no_output(case, expect, tiny, coded, tmp_path, capsys):
     _, folder = tiny
     data, model = coded, folder
@@ -179,6 +181,9 @@ def test_damaged_or_mismatched_files_exit_2_with_one_line_and_no_output(case, ex
     elif case == "foreign":
         Image.new("L", (28, 28)).save(tmp_path / "f.png")
         data = (tmp_path / "f.png").read_bytes()
+    elif case == "version":  # a later format, intact
+        body = data[:4] + bytes([2]) + data[5:-4]
+        data = body + zlib.crc32(body).to_bytes(4, "little")
     elif case == "wrong model":
         other = tmp_path / "other"
         tiny_ar(1).save_pretrained(other)
