@@ -56,7 +56,7 @@ def exact_bits(model, images: np.ndarray, labels, batch: int = 200) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=10000, help="first N test images (default: all 10,000)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the coding runs (default: 1)")
     p.add_argument("--chunk", type=int, default=64, help="rows per model run (default: 64)")
     p.add_argument("--labels", action="store_true", help="code class-conditionally with the test labels")
     p.add_argument("--model", default="fmnist-ar")
@@ -92,7 +92,7 @@ def main():
     save()
 
     start = time.perf_counter()
-    blob = encode(model, images, labels, chunk=args.chunk, model_name=args.model, progress=True)
+    blob = encode(model, images, labels, chunk=args.chunk, threads=args.threads, model_name=args.model, progress=True)
     result["encode_seconds"] = time.perf_counter() - start
     c = unpack(blob)
     payload = sum(4 * len(s) for s in c.streams)

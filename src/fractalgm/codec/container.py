@@ -24,7 +24,7 @@ from .errors import CodecError
 MAGIC = b"FGMC"
 VERSION = 1
 HEADER_KEYS = {"model", "weights", "config", "fractalgm", "torch", "cpu", "device", "dtype", "shape", "chunk",
-               "coder", "precision", "count", "labels", "names"}
+               "threads", "coder", "precision", "count", "labels", "names"}
 
 
 def pixel_crc(image: np.ndarray) -> int:
