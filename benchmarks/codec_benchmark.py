@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -54,7 +56,7 @@ def exact_bits(model, images: np.ndarray, labels, batch: int = 200) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=10000, help="first N test images (default: all 10,000)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the coding runs (default: 1)")
     p.add_argument("--chunk", type=int, default=64, help="rows per model run (default: 64)")
     p.add_argument("--labels", action="store_true", help="code class-conditionally with the test labels")
     p.add_argument("--model", default="fmnist-ar")
@@ -75,8 +77,8 @@ def main():
     result = {"images": n, "pixels": n * dims, "model": args.model, "labels": args.labels, "chunk": args.chunk,
               "torch_threads": args.threads, "torch": torch.__version__, "fractalgm": __version__,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.processor() or
-              platform.machine(), "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/codec_benchmark.py "
-              f"--limit {args.limit} --threads {args.threads} --chunk {args.chunk}" + " --labels" * args.labels}
+              platform.machine(), "command": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ)
+              + " .venv/bin/python " + " ".join(sys.argv)}
 
     def save():
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def main():
     save()
 
     start = time.perf_counter()
-    blob = encode(model, images, labels, chunk=args.chunk, model_name=args.model, progress=True)
+    blob = encode(model, images, labels, chunk=args.chunk, threads=args.threads, model_name=args.model, progress=True)
     result["encode_seconds"] = time.perf_counter() - start
     c = unpack(blob)
     payload = sum(4 * len(s) for s in c.streams)

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -112,6 +113,21 @@ def test_one_image_alone_equals_the_batch(tiny, test_set, coded):
     assert torch.equal(got, torch.from_numpy(test_set[0][[4, 1]]))
 
 
+def test_the_files_thread_count_is_used_whatever_the_process_has(tiny, test_set):
+    """CPU attention rounds differently with 2 threads: coding with 2, decoding in a 1-thread process."""
+    model, folder = tiny
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        blob = encode(model, test_set[0][:2], chunk=2, threads=2, model_name=folder)
+        assert unpack(blob).header["threads"] == 2 and torch.get_num_threads() == 1
+        one = encode(model, test_set[0][:2], chunk=2, threads=1, model_name=folder)
+        assert [s.tobytes() for s in unpack(one).streams] != [s.tobytes() for s in unpack(blob).streams]
+        assert torch.equal(decode(model, blob, model_name=folder), torch.from_numpy(test_set[0][:2]))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_shipped_model_round_trip_costs_its_bits_per_dim(test_set):
     model = FractalGen.from_pretrained("fmnist-ar")
     images = test_set[0][:2]
@@ -138,9 +154,8 @@ def test_labels_round_trip_and_cost_one_byte_each(tiny, test_set, tmp_path, caps
 
 
 def test_encode_and_decode_in_other_processes_threads_and_batch_sizes(tiny, test_set, tmp_path):
-    """Compress with 1 thread and batches of 3, decompress with 2 threads and batches of 2, separately.
-
-    PASSIVE: spinning OpenMP threads crawl when the cores are shared (the arithmetic is the same)."""
+    """Compress in a 2-thread process in batches of 3, decompress in a 1-thread one in batches of 2: the
+    file's thread count (1) is used by both. PASSIVE: spinning OpenMP threads crawl on shared cores."""
     _, folder = tiny
     src = tmp_path / "in"
     src.mkdir()
@@ -150,9 +165,9 @@ def test_encode_and_decode_in_other_processes_threads_and_batch_sizes(tiny, test
     cmd = [sys.executable, "-m", "fractalgm"]
     subprocess.run(cmd + ["compress", str(src), "--out", str(tmp_path / "a.fgm"), "--model", folder,
                           "--chunk", str(CHUNK), "--batch-size", "3"],
-                   env=dict(env, OMP_NUM_THREADS="1"), check=True, capture_output=True)
+                   env=dict(env, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE"), check=True, capture_output=True)
     subprocess.run(cmd + ["decompress", str(tmp_path / "a.fgm"), "--out", str(tmp_path / "out"), "--batch-size",
-                          "2"], env=dict(env, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE"), check=True, capture_output=True)
+                          "2"], env=dict(env, OMP_NUM_THREADS="1"), check=True, capture_output=True)
     for i, im in enumerate(test_set[0][:3]):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"shirt{i}.png")), im[0])
 
@@ -164,7 +179,8 @@ def _flip(data: bytes, pos: int) -> bytes:
 
 @pytest.mark.parametrize("case, expect", [
     ("truncated", "damaged"), ("header bit", "damaged"), ("payload bit", "damaged"), ("magic", "not a fractalgm"),
-    ("foreign", "not a fractalgm"), ("wrong model", "coded with model"), ("index", "out of range")])
+    ("foreign", "not a fractalgm"), ("wrong model", "coded with model"), ("index", "out of range"),
+    ("version", "format version 2")])
 def test_damaged_or_mismatched_files_exit_2_with_one_line_and_no_output(case, expect, tiny, coded, tmp_path, capsys):
     _, folder = tiny
     data, model = coded, folder
@@ -179,6 +195,9 @@ def test_damaged_or_mismatched_files_exit_2_with_one_line_and_no_output(case, ex
     elif case == "foreign":
         Image.new("L", (28, 28)).save(tmp_path / "f.png")
         data = (tmp_path / "f.png").read_bytes()
+    elif case == "version":  # a later format, intact
+        body = data[:4] + bytes([2]) + data[5:-4]
+        data = body + zlib.crc32(body).to_bytes(4, "little")
     elif case == "wrong model":
         other = tmp_path / "other"
         tiny_ar(1).save_pretrained(other)

@@ -23,6 +23,8 @@ from .errors import CodecError
 
 MAGIC = b"FGMC"
 VERSION = 1
+HEADER_KEYS = {"model", "weights", "config", "fractalgm", "torch", "cpu", "device", "dtype", "shape", "chunk",
+               "threads", "coder", "precision", "count", "labels", "names"}
 
 
 def pixel_crc(image: np.ndarray) -> int:
@@ -101,6 +103,9 @@ def unpack(data: bytes, source: str = "the file") -> Container:
     r = _Reader(data[:-4], 5)
     try:
         header = json.loads(r.take(r.varint()))
+        missing = HEADER_KEYS - set(header)
+        if missing:
+            raise CodecError(f"its header lacks {', '.join(sorted(missing))}")
         n = int(header["count"])
         labels = np.frombuffer(r.take(n), dtype=np.uint8).astype(np.int64) if header["labels"] else None
         names = zlib.decompress(r.take(r.varint())).decode().split("\n") if header["names"] else None

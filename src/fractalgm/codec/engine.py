@@ -8,9 +8,12 @@ come depth first in the same order at both ends.
 Rows are independent in the model, but the arithmetic of a row may depend on how many rows run
 together (kernels choose blockings by shape). So the model always runs on exactly `chunk` rows, the
 number recorded in the file: a short batch, or one image decoded alone, is padded with blank rows.
+It also depends on the thread count (CPU attention with one query and ≥ 8 keys rounds differently
+with 2 threads than with 1), so every run uses the file's `threads`, whatever the process's setting.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable
 
@@ -32,15 +35,27 @@ def check_codable(model):
                          "(use an AR model such as fmnist-ar)")
 
 
+@contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
-def _run(model, labels: torch.Tensor | None, chunk: int, draw: Callable, images: torch.Tensor | None):
+def _run(model, labels: torch.Tensor | None, chunk: int, threads: int, draw: Callable,
+         images: torch.Tensor | None):
     """One pass of the sampling loop over `chunk` rows (labels/images already padded to it)."""
     model.eval()
     cond = model._class_condition(labels, chunk)
     conds = Conditions.repeated(cond, model.spec.num_conds)
     plan = replace(make_plan(model.config, labels is not None), draw=draw, every_token=images is not None)
     known = None if images is None else Known.of(images, torch.ones_like(images, dtype=torch.bool))
-    return generate_level(model.spec, model.generator, model.next_fractal, conds, plan, known, None)
+    with _threads(threads):
+        return generate_level(model.spec, model.generator, model.next_fractal, conds, plan, known, None)
 
 
 def _padded_labels(model, labels: np.ndarray | None, chunk: int) -> torch.Tensor | None:
@@ -51,7 +66,8 @@ def _padded_labels(model, labels: np.ndarray | None, chunk: int) -> torch.Tensor
     return out
 
 
-def encode_rows(model, images: np.ndarray, labels: np.ndarray | None, chunk: int) -> list[np.ndarray]:
+def encode_rows(model, images: np.ndarray, labels: np.ndarray | None, chunk: int,
+                threads: int) -> list[np.ndarray]:
     """Coded words of each of ≤ `chunk` images (n, C, H, W) uint8."""
     n = len(images)
     coders = [ImageEncoder() for _ in range(n)]
@@ -65,11 +81,12 @@ def encode_rows(model, images: np.ndarray, labels: np.ndarray | None, chunk: int
             coder.push(symbols[j], weights[j:j + 1])
         return kept
 
-    _run(model, _padded_labels(model, labels, chunk), chunk, draw, padded)
+    _run(model, _padded_labels(model, labels, chunk), chunk, threads, draw, padded)
     return [c.finish() for c in coders]
 
 
-def decode_rows(model, streams: list[np.ndarray], labels: np.ndarray | None, chunk: int) -> np.ndarray:
+def decode_rows(model, streams: list[np.ndarray], labels: np.ndarray | None, chunk: int,
+                threads: int) -> np.ndarray:
     """≤ `chunk` images (n, C, H, W) uint8 from their coded words."""
     n = len(streams)
     coders = [ImageDecoder(words) for words in streams]
@@ -83,5 +100,5 @@ def decode_rows(model, streams: list[np.ndarray], labels: np.ndarray | None, chu
             raise CodecError(f"a coded image is damaged or was coded with other arithmetic ({e})") from None
         return out.to(logits.device)
 
-    out = _run(model, _padded_labels(model, labels, chunk), chunk, draw, None)
+    out = _run(model, _padded_labels(model, labels, chunk), chunk, threads, draw, None)
     return out[:n].to("cpu", torch.uint8).numpy()
