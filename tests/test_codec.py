@@ -224,6 +224,19 @@ def test_images_of_another_size_or_kind_are_refused_before_coding(tiny, tmp_path
         assert "28×28 grayscale" in err and not (tmp_path / "x.fgm").exists()
 
 
-def test_mar_models_are_refused(test_set):
-    with pytest.raises(CodecError, match="AR models only"):
-        encode(FractalGen(get_preset("tiny_fmnist")), test_set[0][:1])
+def test_mar_models_code_in_raster_order_at_their_exact_likelihood(test_set):
+    """MAR levels run one token per step in raster order: the code length is the exact raster NLL.
+    (The shipped model: a random one codes any order at about the same length.)"""
+    model = FractalGen.from_pretrained("fmnist-mar")
+    images = test_set[0][:2]
+    blob = encode(model, images, chunk=2)
+    assert torch.equal(decode(model, blob, index=[1, 0], batch_size=1), torch.from_numpy(images[[1, 0]]))
+    nll_bits = model.nll(torch.from_numpy(images), exact=True, order="raster").nats.double() / math.log(2)
+    coded_bits = torch.tensor([32.0 * len(s) for s in unpack(blob).streams], dtype=torch.float64)
+    assert (coded_bits >= nll_bits - 1).all() and (coded_bits <= nll_bits + 64 + 0.01 * 784).all()
+
+
+def test_guiding_pixel_models_are_refused(test_set):
+    config = replace(get_preset("tiny_fmnist"), guiding_pixel=True)
+    with pytest.raises(CodecError, match="guiding pixel"):
+        encode(FractalGen(config), test_set[0][:1])

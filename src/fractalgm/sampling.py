@@ -35,11 +35,13 @@ class SamplePlan:
     default that is `cfg_scale != 1`, and `child()` keeps it, so a step whose scale happens to be exactly 1
     still runs both halves.
 
-    Two hooks serve exact-likelihood coding (`fractalgm.codec`); by default both are off. `draw`
+    Three hooks serve exact-likelihood coding (`fractalgm.codec`); by default all are off. `draw`
     replaces the random draw of every pixel-head channel: `draw(logits, kept)` gets the guided
     logits (rows, 256) and, when values are known, `kept` (rows,) (−1 where unknown), and returns
-    the values. `every_token` makes AR levels call their child for entirely known tokens too, so a
-    teacher-forced run computes every token's probabilities with the arithmetic of a free run.
+    the values. `every_token` makes levels generate entirely known tokens too (AR: call the child;
+    MAR: start fully masked), so a teacher-forced run computes every token's probabilities with the
+    arithmetic of a free run. `order="raster"` gives every MAR sequence the same fixed order instead
+    of a random one (a row's order then does not depend on its position in the batch).
     """
 
     cfg_scale: float | torch.Tensor = 1.0
@@ -52,6 +54,7 @@ class SamplePlan:
     paired: bool | None = None
     draw: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     every_token: bool = False
+    order: str = "random"
 
     @property
     def guided(self) -> bool:

@@ -158,7 +158,8 @@ def add_parser(subparsers):
                    help="PNG/JPEG files, folders of them, or one ADM-style .npz (arr_0 uint8 NHWC, arr_1 labels)")
     c.add_argument("--out", required=True, help="the .fgm file to write")
     c.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"model folder or shipped model name, AR models only (default: {DEFAULT_MODEL})")
+                   help="model folder or shipped model name; AR, or MAR without guiding pixels "
+                   f"(default: {DEFAULT_MODEL})")
     c.add_argument("--labels", help="code class-conditionally with these labels (stored in the file): 'data' "
                    "(the .npz's arr_1), one class id for all, or one per image (default: unconditional)")
     c.add_argument("--chunk", type=_positive, default=64,

@@ -1,5 +1,8 @@
 """Runs the model's sequential sampling path over a fixed number of rows, with the `draw` hook.
 
+MAR levels run in raster order, one token per step: a fixed order per image, independent of the
+batch, so they code exactly like AR levels (at one bidirectional forward per token).
+
 Encoder and decoder both run `FractalGen`'s KV-cached sampling loop (`generate_level`): the decoder
 draws each pixel from its image's coder, the encoder teacher-forces the true pixels (`every_token`, so
 every token's probabilities are computed exactly as in the free run) and codes them. The draw calls
@@ -28,11 +31,11 @@ from .errors import CodecError
 
 
 def check_codable(model):
-    """Only all-AR models have one fixed drawing order; MAR levels draw their order at random."""
-    kinds = [lv.kind for lv in model.config.levels]
-    if any(k != "ar" for k in kinds):
-        raise CodecError(f"the codec supports AR models only; this model's levels are {'/'.join(kinds)} "
-                         "(use an AR model such as fmnist-ar)")
+    """AR levels, and MAR levels without a guiding pixel (run in raster order, one token per step)."""
+    guided = [i for i in range(len(model.config.levels)) if model.config.has_guiding_pixel(i)]
+    if guided:
+        raise CodecError(f"the codec does not code guiding pixels (MAR level {guided[0]} of this model has "
+                         "one); use an AR model such as fmnist-ar, or a MAR model without guiding pixels")
 
 
 @contextmanager
@@ -52,7 +55,9 @@ def _run(model, labels: torch.Tensor | None, chunk: int, threads: int, draw: Cal
     model.eval()
     cond = model._class_condition(labels, chunk)
     conds = Conditions.repeated(cond, model.spec.num_conds)
-    plan = replace(make_plan(model.config, labels is not None), draw=draw, every_token=images is not None)
+    one_per_step = [lv.seq_len for lv in model.config.levels]  # MAR: one token per step (AR ignores it)
+    plan = replace(make_plan(model.config, labels is not None, num_iter=one_per_step), draw=draw,
+                   every_token=images is not None, order="raster")
     known = None if images is None else Known.of(images, torch.ones_like(images, dtype=torch.bool))
     with _threads(threads):
         return generate_level(model.spec, model.generator, model.next_fractal, conds, plan, known, None)

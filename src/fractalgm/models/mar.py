@@ -129,17 +129,23 @@ class MARGenerator(nn.Module):
         order and the cosine schedule then run over each row's U unknown tokens (U = L without
         `known`: the reference's sampler). `child(conds, plan, index)` samples the patches at
         index = (rows, positions), partly known ones included (the caller passes their known values).
-        A partly known patch still samples its guiding pixel.
+        A partly known patch still samples its guiding pixel. `plan.every_token` generates known tokens
+        too (from a fully masked start, teacher-forced below); `plan.order` "raster" fixes the order.
         """
         conds = self.sample_guiding_pixel(conds, plan)
         L, guided = self.cfg.seq_len, plan.guided
         M = unpaired_count(conds.rows, guided)
         device = conds.middle.device
-        rank = ranks_of(random_orders(M, L, plan.generator, device))
+        # tokens of the highest rank are revealed first: raster (position 0 first) is the reversed arange
+        orders = (torch.arange(L - 1, -1, -1, device=device).expand(M, L) if plan.order == "raster"
+                  else random_orders(M, L, plan.generator, device))
+        rank = ranks_of(orders)
         canvas, mask = None, torch.ones(M, L, dtype=torch.bool, device=device)
         if known is not None:
-            canvas, mask = known.values.clone(), ~known.full
-            rank = ranks_of((rank + L * known.full).argsort(-1))  # unknown tokens first, same relative order
+            canvas = known.values.clone()
+            if not plan.every_token:  # entirely known tokens are revealed from the start
+                mask = ~known.full
+                rank = ranks_of((rank + L * known.full).argsort(-1))  # unknown tokens first, same relative order
         schedule = SchedulePlan(mask.sum(1), plan.steps, plan.cfg_scale, plan.schedule)
         p = self.cfg.patch_size
         shape = (self.spec.channels, p, p)
