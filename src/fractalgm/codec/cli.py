@@ -41,7 +41,8 @@ def _load_model(name: str, device: str):
 
 
 def _write_atomic(path: Path, write):
-    from ..checkpoint import atomic_write  # moves with the package layout; imported here only
+    """The package's atomic writer; imported here only, as it moves with the package layout."""
+    from ..checkpoint import atomic_write
 
     atomic_write(path, write)
 
@@ -82,8 +83,8 @@ def cmd_compress(args):
             raise CodecError(f"two inputs would decode to {dup}.png; rename one")
     labels = _labels(args.labels, inputs)
     start = time.perf_counter()
-    data = encode(model, inputs.images, labels, names=inputs.names, chunk=args.chunk, threads=args.threads,
-                  batch_size=args.batch_size, model_name=args.model, progress=True)
+    data = encode(model, inputs.images, labels, names=inputs.names, chunk=args.chunk, batch_size=args.batch_size,
+                  model_name=args.model, progress=True)
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(out, lambda tmp: tmp.write_bytes(data))
@@ -164,8 +165,6 @@ def add_parser(subparsers):
                    "(the .npz's arr_1), one class id for all, or one per image (default: unconditional)")
     c.add_argument("--chunk", type=_positive, default=64,
                    help="rows of every model run, stored in the file; decoding uses the same (default: 64)")
-    c.add_argument("--threads", type=_positive, default=1, help="torch threads of every model run, stored in the "
-                   "file; decoding uses the same, whatever OMP_NUM_THREADS says (default: 1)")
     c.add_argument("--batch-size", type=_positive, help="images per model run, ≤ --chunk (default: --chunk)")
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto; decode on the same kind of "
                    "device (default: cpu)")
