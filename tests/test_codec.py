@@ -21,6 +21,7 @@ from fractalgm import FractalGen, get_preset
 from fractalgm.cli import main
 from fractalgm.codec import CodecError, decode, encode, unpack
 from fractalgm.codec.coding import PRECISION, ImageDecoder, ImageEncoder, coder_weights, quantise
+from fractalgm.codec.container import pack
 from fractalgm.data import load_dataset
 
 CHUNK = 4
@@ -170,7 +171,7 @@ def _flip(data: bytes, pos: int) -> bytes:
 @pytest.mark.parametrize("case, expect", [
     ("truncated", "damaged"), ("header bit", "damaged"), ("payload bit", "damaged"), ("magic", "not a fractalgm"),
     ("foreign", "not a fractalgm"), ("wrong model", "coded with model"), ("index", "out of range"),
-    ("version", "format version 2")])
+    ("version", "format version 2"), ("threads", "threads per run")])
 def test_damaged_or_mismatched_files_exit_2_with_one_line_and_no_output(case, expect, tiny, coded, tmp_path, capsys):
     _, folder = tiny
     data, model = coded, folder
@@ -188,6 +189,10 @@ def test_damaged_or_mismatched_files_exit_2_with_one_line_and_no_output(case, ex
     elif case == "version":  # a later format, intact
         body = data[:4] + bytes([2]) + data[5:-4]
         data = body + zlib.crc32(body).to_bytes(4, "little")
+    elif case == "threads":  # intact, but coded with another thread count per run
+        c = unpack(data)
+        c.header["threads"] = 2
+        data = pack(c)
     elif case == "wrong model":
         other = tmp_path / "other"
         tiny_ar(1).save_pretrained(other)
