@@ -4,7 +4,7 @@ Reports bytes and bits/pixel of each codec (classic codecs: one file per image, 
 .fgm file), the model's exact bits/dim (−log2 p from `model.nll`, the ideal code length), the codec's
 overhead over it, the round trip's bit-exactness and encode/decode images/s.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/codec_benchmark.py --limit 10000 --threads 1 --chunk 128
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/codec_benchmark.py --limit 10000 --chunk 128 --out …
 Needs the bench extra (`pip install -e ".[bench]"`: imagecodecs).
 """
 from __future__ import annotations
@@ -60,14 +60,12 @@ def exact_bits(model, images: np.ndarray, labels, batch: int = 200) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=10000, help="first N test images (default: all 10,000)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the coding runs (default: 1)")
     p.add_argument("--chunk", type=int, default=64, help="rows per model run (default: 64)")
     p.add_argument("--labels", action="store_true", help="code class-conditionally with the test labels")
     p.add_argument("--model", default="fmnist-ar")
     p.add_argument("--no-classic", action="store_true", help="skip PNG/WebP/JPEG-XL")
     p.add_argument("--out", required=True, help="the JSON result (benchmarks/results/codec_*.json)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
 
     from fractalgm import FractalGen, __version__
     from fractalgm.codec import decode, encode, unpack
@@ -79,7 +77,7 @@ def main():
     model = FractalGen.from_pretrained(args.model)
     n, dims = len(images), images[0].size
     result = {"images": n, "pixels": n * dims, "model": args.model, "labels": args.labels, "chunk": args.chunk,
-              "torch_threads": args.threads, "torch": torch.__version__, "fractalgm": __version__,
+              "coding_threads": 1, "torch": torch.__version__, "fractalgm": __version__,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.processor() or
               platform.machine(), "command": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ)
               + " .venv/bin/python " + " ".join(sys.argv)}
@@ -96,7 +94,7 @@ def main():
     save()
 
     start = time.perf_counter()
-    blob = encode(model, images, labels, chunk=args.chunk, threads=args.threads, model_name=args.model, progress=True)
+    blob = encode(model, images, labels, chunk=args.chunk, model_name=args.model, progress=True)
     result["encode_seconds"] = time.perf_counter() - start
     c = unpack(blob)
     payload = sum(4 * len(s) for s in c.streams)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..codec import cli as codec
-from . import convert, info, inpaint, nll, prepare, sample, serve, train
+from . import codec, convert, info, inpaint, nll, prepare, sample, serve, train
 from . import eval as evaluate
 from .common import given_flags
 

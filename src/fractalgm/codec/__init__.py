@@ -4,4 +4,4 @@ from .api import decode, encode
 from .container import Container, unpack
 from .errors import CodecError
 
-__all__ = ["encode", "decode", "unpack", "Container", "CodecError"]
+__all__ = ["CodecError", "Container", "decode", "encode", "unpack"]

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .coding import CODER, PRECISION
 from .container import Container, pack, pixel_crc, unpack
-from .engine import check_codable, decode_rows, encode_rows
+from .engine import THREADS, check_codable, decode_rows, encode_rows
 from .errors import CodecError
 from .fingerprint import check_compatible, model_fields, runtime
 
@@ -43,13 +43,11 @@ def _batches(count: int, chunk: int, batch_size: int | None):
 
 
 def encode(model, images, labels=None, *, names: list[str] | None = None, chunk: int = DEFAULT_CHUNK,
-           threads: int = 1, batch_size: int | None = None, model_name: str | None = None,
-           progress: bool = False) -> bytes:
+           batch_size: int | None = None, model_name: str | None = None, progress: bool = False) -> bytes:
     """The `.fgm` bytes of uint8 images (B, C, H, W) (tensor or array), optionally with class labels.
 
-    `chunk` (rows of every model run) and `threads` (torch threads of every run) are recorded and
-    decoding uses the same; `batch_size` (≤ chunk) is how many images fill a run; `names` are kept
-    for `decompress`.
+    `chunk` is the number of rows every model run has (recorded; decoding uses the same), `batch_size`
+    (≤ chunk) how many images fill them; `names` are kept for `decompress`.
     """
     check_codable(model)
     images = np.asarray(images.cpu() if isinstance(images, torch.Tensor) else images)
@@ -57,18 +55,16 @@ def encode(model, images, labels=None, *, names: list[str] | None = None, chunk:
         C, S, _ = _shape(model)
         raise CodecError(f"images must be uint8 (B, {C}, {S}, {S}) for this model, got {images.dtype} "
                          f"{tuple(images.shape)}")
-    if not 1 <= threads <= 256:
-        raise CodecError(f"threads must be 1..256, got {threads}")
     if names is not None and len(names) != len(images):
         raise CodecError(f"{len(names)} names for {len(images)} images")
     labels = _check_labels(model, labels, len(images))
     streams = []
     with tqdm(total=len(images), unit="img", desc="compress", disable=not progress) as bar:
         for part in _batches(len(images), chunk, batch_size):
-            streams += encode_rows(model, images[part], None if labels is None else labels[part], chunk, threads)
+            streams += encode_rows(model, images[part], None if labels is None else labels[part], chunk)
             bar.update(part.stop - part.start)
     header = {**model_fields(model, model_name), **runtime(model), "shape": list(_shape(model)), "chunk": chunk,
-              "threads": threads, "coder": CODER, "precision": PRECISION, "num_classes": model.config.num_classes}
+              "threads": THREADS, "coder": CODER, "precision": PRECISION, "num_classes": model.config.num_classes}
     return pack(Container(header, streams, [pixel_crc(im) for im in images], labels, names))
 
 
@@ -85,8 +81,10 @@ def decode(model, data: bytes | Container, *, index: list[int] | None = None, ba
     if tuple(c.header["shape"]) != _shape(model) or c.header["coder"] != CODER:
         raise CodecError(f"the file holds {c.header['shape']} images coded with {c.header['coder']}; "
                          f"this model and codec use {list(_shape(model))} and {CODER}")
-    if not all(isinstance(c.header[k], int) and 1 <= c.header[k] <= 65536 for k in ("chunk", "threads")):
-        raise CodecError("the file's chunk or thread count is invalid")
+    if not isinstance(c.header["chunk"], int) or not 1 <= c.header["chunk"] <= 65536:
+        raise CodecError(f"the file's chunk {c.header['chunk']!r} is invalid")
+    if c.header["threads"] != THREADS:
+        raise CodecError(f"coded with {c.header['threads']} threads per run; this fractalgm codes with {THREADS}")
     index = list(range(len(c))) if index is None else list(index)
     bad = [i for i in index if not 0 <= i < len(c)]
     if bad:
@@ -96,8 +94,7 @@ def decode(model, data: bytes | Container, *, index: list[int] | None = None, ba
         for part in _batches(len(index), c.header["chunk"], batch_size):
             which = index[part]
             labels = None if c.labels is None else c.labels[which]
-            out[part] = decode_rows(model, [c.streams[i] for i in which], labels, c.header["chunk"],
-                                    c.header["threads"])
+            out[part] = decode_rows(model, [c.streams[i] for i in which], labels, c.header["chunk"])
             for i, image in zip(which, out[part]):
                 if pixel_crc(image) != c.crcs[i]:
                     raise CodecError(f"image {i} does not match its checksum: decoding went out of step "

@@ -11,14 +11,15 @@ come depth first in the same order at both ends.
 Rows are independent in the model, but the arithmetic of a row may depend on how many rows run
 together (kernels choose blockings by shape). So the model always runs on exactly `chunk` rows, the
 number recorded in the file: a short batch, or one image decoded alone, is padded with blank rows.
-It also depends on the thread count (CPU attention with one query and ≥ 8 keys rounds differently
-with 2 threads than with 1), so every run uses the file's `threads`, whatever the process's setting.
+Every run is single-threaded (`THREADS`), whatever the process's setting: with 2 threads, CPU
+attention with one query and ≥ 8 keys rounds differently than with 1, and depends on the batch
+layout, which would tie a file to the exact batches it was coded in.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ def check_codable(model):
                          "one); use an AR model such as fmnist-ar, or a MAR model without guiding pixels")
 
 
+THREADS = 1  # torch threads of every coding run, recorded in the file
+
+
 @contextmanager
 def _threads(n: int):
     before = torch.get_num_threads()
@@ -49,8 +53,7 @@ def _threads(n: int):
 
 
 @torch.no_grad()
-def _run(model, labels: torch.Tensor | None, chunk: int, threads: int, draw: Callable,
-         images: torch.Tensor | None):
+def _run(model, labels: torch.Tensor | None, chunk: int, draw: Callable, images: torch.Tensor | None):
     """One pass of the sampling loop over `chunk` rows (labels/images already padded to it)."""
     model.eval()
     cond = model._class_condition(labels, chunk)
@@ -59,7 +62,7 @@ def _run(model, labels: torch.Tensor | None, chunk: int, threads: int, draw: Cal
     plan = replace(make_plan(model.config, labels is not None, num_iter=one_per_step), draw=draw,
                    every_token=images is not None, order="raster")
     known = None if images is None else Known.of(images, torch.ones_like(images, dtype=torch.bool))
-    with _threads(threads):
+    with _threads(THREADS):
         return generate_level(model.spec, model.generator, model.next_fractal, conds, plan, known, None)
 
 
@@ -71,8 +74,7 @@ def _padded_labels(model, labels: np.ndarray | None, chunk: int) -> torch.Tensor
     return out
 
 
-def encode_rows(model, images: np.ndarray, labels: np.ndarray | None, chunk: int,
-                threads: int) -> list[np.ndarray]:
+def encode_rows(model, images: np.ndarray, labels: np.ndarray | None, chunk: int) -> list[np.ndarray]:
     """Coded words of each of ≤ `chunk` images (n, C, H, W) uint8."""
     n = len(images)
     coders = [ImageEncoder() for _ in range(n)]
@@ -86,12 +88,11 @@ def encode_rows(model, images: np.ndarray, labels: np.ndarray | None, chunk: int
             coder.push(symbols[j], weights[j:j + 1])
         return kept
 
-    _run(model, _padded_labels(model, labels, chunk), chunk, threads, draw, padded)
+    _run(model, _padded_labels(model, labels, chunk), chunk, draw, padded)
     return [c.finish() for c in coders]
 
 
-def decode_rows(model, streams: list[np.ndarray], labels: np.ndarray | None, chunk: int,
-                threads: int) -> np.ndarray:
+def decode_rows(model, streams: list[np.ndarray], labels: np.ndarray | None, chunk: int) -> np.ndarray:
     """≤ `chunk` images (n, C, H, W) uint8 from their coded words."""
     n = len(streams)
     coders = [ImageDecoder(words) for words in streams]
@@ -105,5 +106,5 @@ def decode_rows(model, streams: list[np.ndarray], labels: np.ndarray | None, chu
             raise CodecError(f"a coded image is damaged or was coded with other arithmetic ({e})") from None
         return out.to(logits.device)
 
-    out = _run(model, _padded_labels(model, labels, chunk), chunk, threads, draw, None)
+    out = _run(model, _padded_labels(model, labels, chunk), chunk, draw, None)
     return out[:n].to("cpu", torch.uint8).numpy()

@@ -1,4 +1,5 @@
-"""`fractalgm compress` and `fractalgm decompress`: check everything, code, then write atomically.
+"""`fractalgm compress` and `fractalgm decompress` (the two ends of `fractalgm.codec`): check everything,
+code, then write atomically.
 
 Inputs are all read and checked before the model runs; decoded images are all decoded and verified
 before the first one is written, so a refused or damaged file leaves no output behind.
@@ -11,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CodecError
-
-DEFAULT_MODEL = "fmnist-ar"
+from ..codec.errors import CodecError
+from ..io.atomic import atomic_write
+from .common import DEFAULT_MODEL
 
 
 def _device(text: str) -> torch.device:
@@ -40,12 +41,6 @@ def _load_model(name: str, device: str):
     return FractalGen.from_pretrained(name, device=_device(device))
 
 
-def _write_atomic(path: Path, write):
-    from ..io.atomic import atomic_write
-
-    atomic_write(path, write)
-
-
 def _labels(text: str | None, inputs) -> np.ndarray | None:
     if text is None:
         return None
@@ -65,9 +60,9 @@ def _labels(text: str | None, inputs) -> np.ndarray | None:
 
 
 def cmd_compress(args):
-    from .api import encode
-    from .engine import check_codable
-    from .inputs import read_inputs
+    from ..codec.api import encode
+    from ..codec.engine import check_codable
+    from ..codec.inputs import read_inputs
 
     out = Path(args.out)
     if out.is_dir() or out.suffix != ".fgm":
@@ -82,11 +77,11 @@ def cmd_compress(args):
             raise CodecError(f"two inputs would decode to {dup}.png; rename one")
     labels = _labels(args.labels, inputs)
     start = time.perf_counter()
-    data = encode(model, inputs.images, labels, names=inputs.names, chunk=args.chunk, threads=args.threads,
-                  batch_size=args.batch_size, model_name=args.model, progress=True)
+    data = encode(model, inputs.images, labels, names=inputs.names, chunk=args.chunk, batch_size=args.batch_size,
+                  model_name=args.model, progress=True)
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, lambda tmp: tmp.write_bytes(data))
+    atomic_write(out, lambda tmp: tmp.write_bytes(data))
     n, dims = len(inputs.images), inputs.images[0].size
     print(f"compressed {n} images into {out}: {len(data):,} bytes, {8 * len(data) / (n * dims):.4f} bits/pixel, "
           f"{n / seconds:.2f} images/s")
@@ -116,12 +111,12 @@ def _write_pngs(folder: Path, images: np.ndarray, names: list[str]):
     folder.mkdir(parents=True, exist_ok=True)
     for image, name in zip(images, names):
         pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-        _write_atomic(folder / name, lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
+        atomic_write(folder / name, lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
 
 
 def cmd_decompress(args):
-    from .api import decode
-    from .container import unpack
+    from ..codec.api import decode
+    from ..codec.container import unpack
 
     source = Path(args.input)
     if not source.is_file():
@@ -142,7 +137,7 @@ def cmd_decompress(args):
         if c.labels is not None:
             arrays["arr_1"] = c.labels[chosen]
         out.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out, lambda tmp: np.savez(tmp, **arrays))
+        atomic_write(out, lambda tmp: np.savez(tmp, **arrays))
     else:
         names = [f"{i:05d}.png" for i in range(len(c))] if c.names is None else _safe_names(c.names)
         _write_pngs(out, images, [names[i] for i in chosen])
@@ -164,8 +159,6 @@ def add_parser(subparsers):
                    "(the .npz's arr_1), one class id for all, or one per image (default: unconditional)")
     c.add_argument("--chunk", type=_positive, default=64,
                    help="rows of every model run, stored in the file; decoding uses the same (default: 64)")
-    c.add_argument("--threads", type=_positive, default=1, help="torch threads of every model run, stored in the "
-                   "file; decoding uses the same, whatever OMP_NUM_THREADS says (default: 1)")
     c.add_argument("--batch-size", type=_positive, help="images per model run, ≤ --chunk (default: --chunk)")
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto; decode on the same kind of "
                    "device (default: cpu)")
