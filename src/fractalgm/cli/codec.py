@@ -10,35 +10,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from ..checks import POSITIVE_INT, parse_device
 from ..codec.errors import CodecError
 from ..io.atomic import atomic_write
+from ..runtime import resolve_device
 from .common import DEFAULT_MODEL
-
-
-def _device(text: str) -> torch.device:
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise CodecError(f"--device {text}: not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CodecError(f"--device {text}: no CUDA device here")
-    return device
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise CodecError(f"expected a positive whole number, got {text!r}")
-    return int(text)
 
 
 def _load_model(name: str, device: str):
     from ..models import FractalGen
 
-    return FractalGen.from_pretrained(name, device=_device(device))
+    return FractalGen.from_pretrained(name, device=resolve_device(device))
 
 
 def _labels(text: str | None, inputs) -> np.ndarray | None:
@@ -157,11 +140,11 @@ def add_parser(subparsers):
                    f"(default: {DEFAULT_MODEL})")
     c.add_argument("--labels", help="code class-conditionally with these labels (stored in the file): 'data' "
                    "(the .npz's arr_1), one class id for all, or one per image (default: unconditional)")
-    c.add_argument("--chunk", type=_positive, default=64,
+    c.add_argument("--chunk", type=POSITIVE_INT.parse, default=64,
                    help="rows of every model run, stored in the file; decoding uses the same (default: 64)")
-    c.add_argument("--batch-size", type=_positive, help="images per model run, ≤ --chunk (default: --chunk)")
-    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto; decode on the same kind of "
-                   "device (default: cpu)")
+    c.add_argument("--batch-size", type=POSITIVE_INT.parse, help="images per model run, ≤ --chunk (default: --chunk)")
+    c.add_argument("--device", default="cpu", type=parse_device, help="cpu, cuda, cuda:N or auto; decode on the "
+                   "same kind of device (default: cpu)")
     c.set_defaults(fn=cmd_compress)
 
     d = subparsers.add_parser("decompress", help="decode a .fgm file", description=(
@@ -171,7 +154,7 @@ def add_parser(subparsers):
     d.add_argument("--out", required=True, help="a folder for the PNGs (original names), or a .npz file")
     d.add_argument("--model", help="model folder or shipped model name (default: the one named in the file)")
     d.add_argument("--index", help="comma-separated image numbers (from 0) to decode alone (default: all)")
-    d.add_argument("--batch-size", type=_positive,
+    d.add_argument("--batch-size", type=POSITIVE_INT.parse,
                    help="images per model run, ≤ the file's chunk (default: its chunk)")
-    d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    d.add_argument("--device", default="cpu", type=parse_device, help="cpu, cuda, cuda:N or auto (default: cpu)")
     d.set_defaults(fn=cmd_decompress)
