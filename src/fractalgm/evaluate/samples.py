@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runtime import batch_workers, side_by_side
+
 
 def save_samples_npz(path: str | Path, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
     """Write uint8 (N, C, H, W) images (+ labels) as `arr_0` NHWC (+ `arr_1`), atomically."""
@@ -75,11 +77,13 @@ def _barrier():
 
 def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size: int = 64, conditional: bool = True,
                          label_list=None, seed: int = 0, progress: bool = True, keep_parts: bool = False,
-                         **sampling) -> Path | None:
+                         workers: int | None = None, **sampling) -> Path | None:
     """Sample `num_images` into `out` (ADM format), resumably; returns `out` on rank 0 (None elsewhere).
 
     Class-conditional models get balanced labels (cycling over `label_list`, default all classes)
     unless `conditional=False`. `sampling` goes to `model.sample` (num_iter, cfg_scale, temperature, …).
+    `workers` batches are sampled side by side (default: `runtime.batch_workers`, two on a multi-core
+    CPU); each batch has its own seed, so the images are the same with any number.
     """
     out = Path(out)
     if out.suffix != ".npz":
@@ -116,14 +120,23 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="batch", dynamic_ncols=True,
                desc=f"sampling → {out.name}" + (f" (rank {rank}/{world})" if world > 1 else ""),
                disable=not progress)
-    for i in todo:
+    def sample_batch(i: int):
         start, stop = i * batch_size, min((i + 1) * batch_size, num_images)
         labels = label_list[torch.arange(start, stop) % len(label_list)] if conditional else None
         g = torch.Generator(model.device).manual_seed(seed * 1_000_003 + i)
         images = model.sample(labels.to(model.device) if labels is not None else None,
                               num_images=None if conditional else stop - start, generator=g, **sampling).cpu()
         save_samples_npz(parts / f"batch_{i:06d}.npz", images, labels)
-        bar.update(1)
+
+    workers = batch_workers(model.device, len(todo)) if workers is None else workers
+    was_training = model.training
+    model.eval()  # set once: concurrent `sample` calls must not toggle the mode under each other
+    try:
+        with side_by_side(workers) as run:
+            for _ in run(sample_batch, todo):
+                bar.update(1)
+    finally:
+        model.train(was_training)
     bar.close()
     _barrier()
     if rank != 0:

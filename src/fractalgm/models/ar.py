@@ -14,7 +14,8 @@ import torch.nn as nn
 from ..likelihood import Rows, Term
 from ..sampling import Known, SamplePlan, paired, paired_rows, unpaired_count
 from .contract import Conditions, LevelSpec
-from .layers import KVCache, LlamaBlock, init_weights, rope_2d_table, run_blocks
+from .decode import Decoder
+from .layers import LlamaBlock, init_weights, rope_2d_table, run_blocks
 
 
 class ARGenerator(nn.Module):
@@ -72,9 +73,7 @@ class ARGenerator(nn.Module):
         L, guided = self.cfg.seq_len, plan.guided
         rows = conds.rows
         M = unpaired_count(rows, guided)
-        dtype = self.pos_embed_learned.dtype
-        caches = [KVCache(rows, self.cfg.num_heads, L + 1, self.cfg.head_dim, conds.middle.device, dtype)
-                  for _ in self.blocks]
+        decoder = Decoder(self.blocks, self.rope, rows, L + 1)
         canvas = None if known is None else known.values.clone()
         todo = None if known is None or plan.every_token else ~known.full  # (M, L) tokens to generate
         x = self.cond_emb(conds.middle).unsqueeze(1)  # step 0 decodes the condition token
@@ -82,8 +81,7 @@ class ARGenerator(nn.Module):
             if s > 0:
                 x = self.patch_emb(paired(self.embed(canvas[:, s - 1:s]), guided))
             x = self.patch_emb_ln(x + self.pos_embed_learned[:, s:s + 1])
-            for block, cache in zip(self.blocks, caches):
-                x = block(x, self.rope[s:s + 1], cache, s)
+            x = decoder.step(x, s)
             cond = self.norm(x)[:, 0]  # (rows, D): the condition of patch s
             step = plan.child(plan.scale(s + 1, L))
             if todo is None:

@@ -7,6 +7,7 @@ the canvas in `sampling`, scoring and NLL estimation in `likelihood`, files in `
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, Sequence
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn as nn
 from ..config import FractalConfig
 from ..likelihood import NLLResult, Rows, Term, TokenScoring, TrainingMasks, estimate_nll, score, training_loss
 from ..masks import check_known, warn_if_hidden
+from ..runtime import fast_context
 from ..sampling import Known, make_plan, start_canvas
 from .contract import Conditions, resolve_specs
 from .fractal import build_child, build_generator, generate_level, score_level
@@ -104,7 +106,7 @@ class FractalGen(nn.Module):
                cfg_scale: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
                filter_threshold: float = 1e-4, generator: torch.Generator | None = None,
                record: Callable | None = None, images: torch.Tensor | None = None,
-               known: torch.Tensor | None = None) -> torch.Tensor:
+               known: torch.Tensor | None = None, fast: bool = False) -> torch.Tensor:
         """Generate uint8 images (B, C, H, W).
 
         Args:
@@ -122,6 +124,8 @@ class FractalGen(nn.Module):
                 of the same shape. Both are live buffers: copy what you keep.
             images, known: complete these uint8 images, keeping the values where the bool mask
                 `known` is True (`inpaint`).
+            fast: the fast path (see `SamplePlan.fast`): the same distribution with faster numerics
+                (float32 Gumbel draws, bf16 where the hardware has it), so not the same images.
         """
         if (images is None) != (known is None):
             raise ValueError("pass both images and known (the values to keep), or neither")
@@ -144,7 +148,7 @@ class FractalGen(nn.Module):
             B = sample_count(labels, num_images)
         plan = make_plan(self.config, labels is not None, num_iter=num_iter, cfg_scale=cfg_scale,
                          cfg_schedule=cfg_schedule, temperature=temperature, filter_threshold=filter_threshold,
-                         generator=generator)
+                         generator=generator, fast=fast)
         view = start_canvas(self.config, B, known, record, self.device)
         was_training = self.training
         self.eval()
@@ -153,7 +157,8 @@ class FractalGen(nn.Module):
             if plan.guided:  # the unconditional half: the fake latent for every row
                 cond = torch.cat([cond, self.fake_latent.expand(B, -1)])
             conds = Conditions.repeated(cond, self.spec.num_conds)
-            out = generate_level(self.spec, self.generator, self.next_fractal, conds, plan, known, view)
+            with fast_context(self.device) if fast else nullcontext():
+                out = generate_level(self.spec, self.generator, self.next_fractal, conds, plan, known, view)
         finally:
             self.train(was_training)
         return out.to(torch.uint8)

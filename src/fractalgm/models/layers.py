@@ -132,6 +132,19 @@ class ViTBlock(nn.Module):
         x = x + self.attn(self.norm1(x), self.causal)
         return x + self.mlp(self.norm2(x))
 
+    def forward_at(self, x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """`forward(x)[where]` (T, D) for a bool mask (B, N), computing the projection and MLP only there.
+
+        Attention still reads every token; only the per-token work after it is restricted. Those are
+        the same row-wise operations on fewer rows, so the outputs are `forward`'s.
+        """
+        a = self.attn
+        B, N, D = x.shape
+        q, k, v = a.qkv(self.norm1(x)).reshape(B, N, 3, a.num_heads, D // a.num_heads).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, self.causal).transpose(1, 2)[where]  # (T, H, d)
+        y = x[where] + a.proj(out.reshape(-1, D))
+        return y + self.mlp(self.norm2(y))
+
 
 # ---------------------------------------------------------------------------- LlamaGen-style AR block
 class RMSNorm(nn.Module):

@@ -37,6 +37,19 @@ def neighbour_conditions(out: torch.Tensor, grid: int, count: int = 5) -> Condit
     return Conditions(out, tuple(t.reshape(R, L, D) for t in (top, right, bottom, left))[:count - 1])
 
 
+def with_neighbours(where: torch.Tensor, grid: int, count: int = 5) -> torch.Tensor:
+    """(R, L) bool: `where` and, when the child reads neighbour conditions, the grid neighbours of it."""
+    if count == 1:
+        return where
+    w = where.view(-1, grid, grid)
+    out = w.clone()
+    out[:, 1:] |= w[:, :-1]
+    out[:, :-1] |= w[:, 1:]
+    out[:, :, 1:] |= w[:, :, :-1]
+    out[:, :, :-1] |= w[:, :, 1:]
+    return out.view_as(where)
+
+
 class MARGenerator(nn.Module):
     """Masked bidirectional transformer over one level's patches (see `models.contract.Generator`).
 
@@ -104,21 +117,38 @@ class MARGenerator(nn.Module):
         return conds.with_guiding_pixel(paired(g, plan.guided))
 
     # ------------------------------------------------------------------ network
-    def predict(self, patches: torch.Tensor, mask: torch.Tensor, conds: Conditions, count: int = 5) -> Conditions:
+    def predict(self, patches: torch.Tensor, mask: torch.Tensor, conds: Conditions, count: int = 5,
+                needed: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> Conditions:
         """Patches (R, L, C, p, p), mask (R, L) bool → condition maps (R, L, D): the middle one and its
         four grid neighbours (the first `count`). `conds` holds `num_conds` conditions (and the
-        guiding pixel)."""
+        guiding pixel).
+
+        Sampling reads the maps at a few positions only: with `needed` (R, L) bool the last block's
+        per-token work and the final norm run there alone and the maps are zero elsewhere (the
+        values that are computed are the same). `prefix` passes the embedded prefix (`embed_prefix`)
+        computed once for all steps."""
         if len(conds.tokens) != self.num_conds:
             raise ValueError(f"this MAR level reads {self.num_conds} conditions, got {len(conds.tokens)}")
         x = self.patch_emb(self.embed(patches))
         x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        prefix = self.embed_prefix(conds) if prefix is None else prefix
+        x = torch.cat([prefix.to(x.dtype), x], dim=1)
+        x = self.patch_emb_ln(x + self.pos_embed_learned)
+        if needed is None:
+            x = run_blocks(self.blocks, x, self.checkpointing and self.training)
+            return neighbour_conditions(self.norm(x)[:, self.prefix_tokens:], self.cfg.grid, count)
+        x = run_blocks(self.blocks[:-1], x, False)
+        where = torch.cat([needed.new_zeros(needed.size(0), self.prefix_tokens), needed], dim=1)
+        out = x.new_zeros(*needed.shape, x.size(-1))
+        out[needed] = self.norm(self.blocks[-1].forward_at(x, where))
+        return neighbour_conditions(out, self.cfg.grid, count)
+
+    def embed_prefix(self, conds: Conditions) -> torch.Tensor:
+        """(R, P, D) prefix tokens `[gp?, c_{K−1} … c_0]`, embedded."""
         prefix = [self.cond_emb(c) for c in reversed(conds.tokens)]  # c_{K-1} … c_0
         if self.guiding_pixel:
             prefix.insert(0, self.pix_proj(conds.guiding_pixel))
-        x = torch.cat([torch.stack(prefix, dim=1).to(x.dtype), x], dim=1)
-        x = self.patch_emb_ln(x + self.pos_embed_learned)
-        x = run_blocks(self.blocks, x, self.checkpointing and self.training)
-        return neighbour_conditions(self.norm(x)[:, self.prefix_tokens:], self.cfg.grid, count)
+        return torch.stack(prefix, dim=1)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -133,6 +163,7 @@ class MARGenerator(nn.Module):
         too (from a fully masked start, teacher-forced below); `plan.order` "raster" fixes the order.
         """
         conds = self.sample_guiding_pixel(conds, plan)
+        prefix = self.embed_prefix(conds)  # the same every step
         L, guided = self.cfg.seq_len, plan.guided
         M = unpaired_count(conds.rows, guided)
         device = conds.middle.device
@@ -160,8 +191,9 @@ class MARGenerator(nn.Module):
                 # before anything is generated every token is masked: its values are never read
                 patches = canvas[run] if canvas is not None else torch.zeros(M, L, *shape, dtype=torch.long,
                                                                               device=device)
+                needed = with_neighbours(to_pred[run], self.cfg.grid, self.spec.child_conds)
                 maps = self.predict(paired(patches, guided), paired(mask[run], guided), conds.take(halves),
-                                    self.spec.child_conds)
+                                    self.spec.child_conds, paired(needed, guided), prefix[halves])
                 index = to_pred.nonzero(as_tuple=True)
                 sub_conds = maps.take(paired(to_pred[run], guided))
                 patches = child(sub_conds, plan.child(schedule.scale(step)).take(index[0]), index)

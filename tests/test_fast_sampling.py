@@ -1,0 +1,129 @@
+"""The exact sampling path is the generic one, bit for bit: the lean AR decoder, the MAR pass that runs
+its last block only where the maps are read, and batches sampled side by side.
+
+Each test computes the "before" (the generic layer code, as sampling ran it up to this change) and
+the "after" in the same run on the same machine, so bit-equality is a fair demand on any CPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fractalgm.models.ar as ar_module
+from conftest import build, gen, perturb, tiny_config
+from fractalgm.models import Conditions, MARGenerator
+from fractalgm.models.mar import with_neighbours
+from fractalgm.models.decode import Decoder
+from fractalgm.models.layers import KVCache
+
+
+class GenericDecoder:
+    """The decode loop sampling used before `Decoder`: each block's generic forward with a `KVCache`."""
+
+    def __init__(self, blocks, rope, rows, max_len):
+        first = blocks[0].attention
+        w = first.wqkv.weight
+        heads, dim = first.num_heads, w.size(1)
+        self.blocks, self.rope = blocks, rope
+        self.caches = [KVCache(rows, heads, max_len, dim // heads, w.device, w.dtype) for _ in blocks]
+
+    def step(self, x, pos):
+        for block, cache in zip(self.blocks, self.caches):
+            x = block(x, self.rope[pos:pos + 1], cache, pos)
+        return x
+
+
+def full_mar_predict(monkeypatch):
+    """Make MAR sampling run every block on every token (and embed the prefix each step), as before."""
+    predict = MARGenerator.predict
+
+    def full(self, patches, mask, conds, count=5, needed=None, prefix=None):
+        return predict(self, patches, mask, conds, count)
+
+    monkeypatch.setattr(MARGenerator, "predict", full)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoder_step_is_the_generic_block_forward_bit_for_bit(dtype):
+    model = perturb(build(tiny_config(("ar", "ar"), channels=3))).to(dtype)
+    g = model.generator
+    R, L = 5, g.cfg.seq_len + 1
+    lean, generic = Decoder(g.blocks, g.rope, R, L), GenericDecoder(g.blocks, g.rope, R, L)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for pos in range(L):
+            x = torch.randn(R, 1, g.cfg.width).to(dtype)
+            assert torch.equal(lean.step(x, pos), generic.step(x, pos)), pos
+
+
+@pytest.mark.parametrize("kinds,options", [
+    (("ar", "ar"), dict(channel_order="grb")),
+    (("ar", "mar"), dict(guiding_pixel=True)),
+    (("mar", "ar"), dict(num_conds=1)),
+    (("mar", "mar"), dict(channels=1, guiding_pixel=True)),
+    (("mar", "mar", "mar"), dict(num_conds=5)),
+])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_fixed_seed_grid_is_unchanged(monkeypatch, kinds, options, cfg_scale):
+    """A fixed-seed grid from the exact path equals the one from the generic code (before this change)."""
+    model = perturb(build(tiny_config(kinds, **options)))
+    labels = torch.tensor([0, 3, 1, 2])
+
+    def grid():
+        return model.sample(labels, cfg_scale=cfg_scale, temperature=0.9, generator=gen(11))
+
+    after = grid()
+    with monkeypatch.context() as m:
+        m.setattr(ar_module, "Decoder", GenericDecoder)
+        full_mar_predict(m)
+        before = grid()
+    assert torch.equal(after, before)
+
+
+def test_inpainting_is_unchanged(monkeypatch):
+    """Known pixels make rows differ in what they generate: the trimmed MAR pass still matches."""
+    model = perturb(build(tiny_config(("mar", "ar"), num_conds=5)))
+    S = model.config.image_size
+    images = torch.randint(0, 256, (3, 3, S, S), generator=gen(2), dtype=torch.uint8)
+    known = torch.zeros(3, 1, S, S, dtype=torch.bool)
+    known[0, :, : S // 2] = True
+    known[1, :, :, 1::3] = True
+    after = model.inpaint(images, known, torch.tensor([1, 2, 3]), cfg_scale=2.0, generator=gen(4))
+    with monkeypatch.context() as m:
+        m.setattr(ar_module, "Decoder", GenericDecoder)
+        full_mar_predict(m)
+        before = model.inpaint(images, known, torch.tensor([1, 2, 3]), cfg_scale=2.0, generator=gen(4))
+    assert torch.equal(after, before)
+
+
+def test_trimmed_mar_maps_equal_the_full_ones_where_read():
+    """`predict(needed=…)` with the revealed tokens and their neighbours gives the full pass's five maps
+    at the revealed tokens, and zero middle maps where nothing is needed."""
+    model = perturb(build(tiny_config(("mar", "mar"), num_conds=5)))
+    g = model.generator
+    R, L, p = 4, g.cfg.seq_len, g.cfg.patch_size
+    patches = torch.randint(0, 256, (R, L, 3, p, p), generator=gen(0))
+    mask = torch.rand(R, L, generator=gen(1)) < 0.5
+    revealed = torch.rand(R, L, generator=gen(2)) < 0.2
+    needed = with_neighbours(revealed, g.cfg.grid)
+    conds = Conditions.repeated(torch.randn(R, g.cond_emb.in_features, generator=gen(3)), g.num_conds)
+    with torch.no_grad():
+        full = g.predict(patches, mask, conds, 5)
+        trimmed = g.predict(patches, mask, conds, 5, needed)
+    assert revealed.any() and not needed.all()
+    for a, b in zip(full.tokens, trimmed.tokens):
+        assert torch.equal(b[revealed], a[revealed])
+    assert torch.equal(trimmed.middle[~needed], torch.zeros_like(full.middle[~needed]))
+
+
+def test_batches_sampled_side_by_side_are_the_sequential_ones(tmp_path):
+    """Two batches at a time (one intra-op thread each) give the images of one at a time."""
+    from fractalgm.evaluate.samples import generate_samples_npz, load_samples_npz
+
+    model = perturb(build(tiny_config(("ar", "mar"), guiding_pixel=True)))
+    threads = torch.get_num_threads()
+    common = dict(batch_size=3, seed=5, progress=False, cfg_scale=2.0)
+    one = load_samples_npz(generate_samples_npz(model, tmp_path / "one.npz", 8, workers=1, **common))
+    two = load_samples_npz(generate_samples_npz(model, tmp_path / "two.npz", 8, workers=2, **common))
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    assert torch.get_num_threads() == threads and not model.training
