@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build, gen, perturb, tiny_config
 
 import fractalgm.models.ar as ar_module
-from conftest import build, gen, perturb, tiny_config
 from fractalgm.models import Conditions, MARGenerator
-from fractalgm.models.mar import with_neighbours
 from fractalgm.models.decode import Decoder
 from fractalgm.models.layers import KVCache
+from fractalgm.models.mar import with_neighbours
 
 
 class GenericDecoder:

@@ -200,6 +200,11 @@ def sample_categorical_fast(logits: torch.Tensor, generator: torch.Generator | N
     return (logits.float() - u.log_().neg_().log_()).argmax(-1)
 
 
+def draw_categorical(logits: torch.Tensor, plan: SamplePlan) -> torch.Tensor:
+    """One index per row of guided `logits`, drawn with the plan's generator by the plan's method."""
+    return (sample_categorical_fast if plan.fast else sample_categorical)(logits, plan.generator)
+
+
 def random_orders(rows: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
     """(rows, length) independent uniformly random permutations."""
     gen_device = generator.device if generator is not None else device

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from ..config import PixelHeadConfig
 from ..likelihood import Rows, Term, TokenScoring
 from ..patchify import constant
-from ..sampling import (CanvasView, Known, SamplePlan, guided_logits, paired, sample_categorical,
-                        sample_categorical_fast, unpaired_count)
+from ..sampling import CanvasView, Known, SamplePlan, draw_categorical, guided_logits, paired, unpaired_count
 from .contract import Conditions
 from .layers import ViTBlock, init_weights
 
@@ -111,7 +110,7 @@ class PixelHead(nn.Module):
             h = self._hidden(paired(values, opts.guided), cond, pos + 1)[:, pos]
             logits = guided_logits(self._logits(h, pos), opts)
             if opts.draw is None:
-                drawn = (sample_categorical_fast if opts.fast else sample_categorical)(logits, opts.generator)
+                drawn = draw_categorical(logits, opts)
             else:
                 kept = None if known_mask is None else torch.where(known_mask[:, ch], known[:, ch], -1)
                 drawn = opts.draw(logits, kept)
