@@ -127,3 +127,30 @@ def test_batches_sampled_side_by_side_are_the_sequential_ones(tmp_path):
     two = load_samples_npz(generate_samples_npz(model, tmp_path / "two.npz", 8, workers=2, **common))
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     assert torch.get_num_threads() == threads and not model.training
+
+
+@pytest.mark.parametrize("kinds", [("ar", "ar"), ("mar", "mar")])
+def test_the_fast_path_is_seeded_and_keeps_known_pixels(kinds):
+    """`fast=True` is its own reproducible stream (other numbers than the exact path), and inpainting
+    with it still keeps every known value."""
+    model = perturb(build(tiny_config(kinds, guiding_pixel=kinds[0] == "mar")))
+    labels = torch.tensor([0, 1, 2])
+    fast = model.sample(labels, cfg_scale=2.0, generator=gen(3), fast=True)
+    assert torch.equal(fast, model.sample(labels, cfg_scale=2.0, generator=gen(3), fast=True))
+    assert not torch.equal(fast, model.sample(labels, cfg_scale=2.0, generator=gen(3)))
+    S = model.config.image_size
+    known = torch.zeros(3, 1, S, S, dtype=torch.bool)
+    known[:, :, S // 2:] = True
+    done = model.inpaint(fast, known.expand(3, 3, S, S), labels, generator=gen(5), fast=True)
+    assert torch.equal(done[:, :, S // 2:], fast[:, :, S // 2:])
+
+
+def test_fast_draw_never_picks_an_impossible_value():
+    from fractalgm.sampling import sample_categorical_fast
+
+    logits = torch.full((4000, 8), float("-inf"))
+    logits[:, 3], logits[:, 5] = 0.0, 1.0
+    drawn = sample_categorical_fast(logits, gen(0))
+    assert set(drawn.tolist()) == {3, 5}
+    share = (drawn == 5).double().mean().item()  # e / (1 + e) = 0.731
+    assert abs(share - 0.731) < 0.03

@@ -309,8 +309,10 @@ def test_sampling_seeds_and_cfg(name):
 
 @pytest.mark.parametrize("kind", ["ar", "mar"])
 @pytest.mark.parametrize("cfg_scale,temperature", [(1.0, 1.0), (1.0, 0.6), (3.0, 1.5)])
-def test_samples_follow_the_model_distribution(kind, cfg_scale, temperature):
-    """1×1 grey images: sample frequencies match softmax((u + cfg·(c − u))/T) built from the likelihoods."""
+@pytest.mark.parametrize("fast", [False, True])
+def test_samples_follow_the_model_distribution(kind, cfg_scale, temperature, fast):
+    """1×1 grey images: sample frequencies match softmax((u + cfg·(c − u))/T) built from the likelihoods,
+    with the exact draw and with the fast path's Gumbel draw."""
     model = perturb(build(single_level(kind, size=1, num_classes=3)), std=0.5)
     values = torch.arange(256, dtype=torch.uint8).view(256, 1, 1, 1)
     label = torch.tensor([2])
@@ -320,7 +322,7 @@ def test_samples_follow_the_model_distribution(kind, cfg_scale, temperature):
     probs = torch.softmax((u + cfg_scale * (c - u)) / temperature, 0)
     N = 20_000
     out = model.sample(label.expand(N), cfg_scale=cfg_scale, temperature=temperature, filter_threshold=0.0,
-                       generator=gen(11))
+                       generator=gen(11), fast=fast)
     counts = torch.bincount(out.flatten().long(), minlength=256).double()
     expected = N * probs
     keep = expected > 5
