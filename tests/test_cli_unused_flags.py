@@ -38,6 +38,7 @@ REFUSED = {
     "eval inception weights": (["eval", "--inception-weights", "w.pth", *AR], "--inception-weights"),
     "eval sampling flags with --samples": (["eval", "--samples", "s.npz", "--num-samples", "5", *AR],
                                            "--num-samples"),
+    "eval fast with --samples": (["eval", "--samples", "s.npz", "--fast", *AR], "--fast"),
     "eval cfg unconditional": (["eval", "--unconditional", "--cfg", "1,2", *AR], "--cfg"),
     # info, prepare, serve, train
     "info preset with list": (["info", "--list", "--preset", "tiny_fmnist"], "--preset"),

@@ -154,3 +154,18 @@ def test_fast_draw_never_picks_an_impossible_value():
     assert set(drawn.tolist()) == {3, 5}
     share = (drawn == 5).double().mean().item()  # e / (1 + e) = 0.731
     assert abs(share - 0.731) < 0.03
+
+
+def test_sample_cli_fast_flag(tmp_path):
+    """`fractalgm sample --fast` writes other images than the exact default, and the same ones again."""
+    from fractalgm.cli import main
+    from fractalgm.evaluate.samples import load_samples_npz
+
+    model = perturb(build(tiny_config(("mar", "ar"), channels=1, num_conds=1)))
+    model.save_pretrained(tmp_path / "model")
+    common = ["sample", "--model", str(tmp_path / "model"), "--device", "cpu", "--num-images", "4",
+              "--batch-size", "2", "--num-iter", "2"]
+    for name, extra in (("exact", []), ("fast", ["--fast"]), ("fast_again", ["--fast"])):
+        main(common + extra + ["--out", str(tmp_path / f"{name}.npz")])
+    exact, fast, again = (load_samples_npz(tmp_path / f"{n}.npz")[0] for n in ("exact", "fast", "fast_again"))
+    assert torch.equal(fast, again) and not torch.equal(fast, exact)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, NumberList
 from .common import add_model_args, load_model
+from .generation import add_fast_arg
 
 
 def add_parser(subparsers):
@@ -37,6 +38,7 @@ def add_parser(subparsers):
     src.add_argument("--filter-threshold", type=FRACTION.parse, default=1e-4,
                      help="the guidance filter threshold, in [0, 1] (default: 1e-4)")
     src.add_argument("--seed", type=SEED.parse, default=0, help="random seed (default: 0)")
+    add_fast_arg(src)
     ref = e.add_argument_group("reference and features")
     ref.add_argument("--extractor", help="fmnist-classifier, efficientnet-lite0 or inception-v3 (default: the "
                      "classifier for 28×28 grayscale, else efficientnet-lite0)")
@@ -80,7 +82,7 @@ def _refuse_unused_flags(args, model=None):
         no_nll = "--nll-images 0 skips the likelihood"
         refuse_unused(args, model_rules(args) + [
             *((dest, bool(args.samples), from_file) for dest in ("num_samples", "batch_size", "unconditional",
-                                                                 "cfg_schedule", "filter_threshold")),
+                                                                 "cfg_schedule", "filter_threshold", "fast")),
             ("num_iter", bool(args.samples) and args.no_cost, f"{from_file} and --no-cost measures no sampling"),
             ("inception_weights", args.extractor != "inception-v3", "they are the weights of --extractor inception-v3"),
             ("save_ref_stats", stats_only, "the reference statistics come from --ref-stats (add --data to compute "
@@ -125,7 +127,7 @@ def run(args):
         data = load_dataset(args.data or "fashion_mnist", args.split, data_dir=args.data_dir,
                             image_size=cfg.image_size)
         check_images(data, cfg.channels, cfg.image_size)
-    report = {"model": args.preset or args.model, "extractor": extractor.name, "settings": []}
+    report = {"model": args.preset or args.model, "extractor": extractor.name, "fast": args.fast, "settings": []}
 
     if args.nll_images:
         n = min(args.nll_images, len(data))
@@ -156,12 +158,13 @@ def run(args):
             images, labels = load_samples_npz(args.samples)
             path = Path(args.samples)
         else:
-            path = out / f"samples_cfg{cfg_scale:g}_temp{temperature:g}_n{args.num_samples}_seed{args.seed}.npz"
+            fast = "_fast" if args.fast else ""
+            path = out / f"samples_cfg{cfg_scale:g}_temp{temperature:g}_n{args.num_samples}_seed{args.seed}{fast}.npz"
             if not path.exists():
                 generate_samples_npz(model, path, args.num_samples, batch_size=args.batch_size, conditional=conditional,
                                      seed=args.seed, num_iter=num_iter, cfg_scale=cfg_scale if conditional else 1.0,
                                      cfg_schedule=args.cfg_schedule, temperature=temperature,
-                                     filter_threshold=args.filter_threshold)
+                                     filter_threshold=args.filter_threshold, fast=args.fast)
             images, labels = load_samples_npz(path)
         row = {"cfg": cfg_scale, "temperature": temperature, "samples_file": str(path),
                **sample_quality(images, labels, extractor, reference, num_classes=cfg.num_classes)}
@@ -174,7 +177,7 @@ def run(args):
         from ..evaluate.cost import measure_cost
 
         report["cost"] = measure_cost(model, sampling={"num_iter": num_iter, "cfg_scale": best["cfg"],
-                                                       "temperature": best["temperature"]})
+                                                       "temperature": best["temperature"], "fast": args.fast})
     (out / "eval.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     write_markdown(report, out / "eval.md")
     if len(settings) > 1:

@@ -25,12 +25,21 @@ def add_sampling_args(q):
     q.add_argument("--num-iter", type=NumberList(POSITIVE_INT).parse, metavar="N[,N…]", help="MAR steps per "
                    "level (one value, or one per level), e.g. 49,16 (default: one per token, ≤ 64)")
     q.add_argument("--seed", type=SEED.parse, default=0, help="random seed; same seed, same images (default: 0)")
+    add_fast_arg(q)
     q.add_argument("--scale", type=Number(int, 1, 64).parse, default=2,
                    help="pixel upscaling of the PNG, 1..64 (default: 2)")
     q.add_argument("--animate", metavar="FILE", help="also write the generation process as a .gif "
                    "(or .mp4 with imageio-ffmpeg): one frame per step of every level (default: none)")
     q.add_argument("--fps", type=Number(float, 0, 1000, low_open=True).parse,
                    help="animation frame rate (default: ~15 s in all, ≤ 50 fps)")
+
+
+def add_fast_arg(q):
+    q.add_argument("--fast", action="store_true", help=FAST_HELP)
+
+
+FAST_HELP = ("the fast path: the same distribution with faster numerics (float32 Gumbel draws, bf16 where the "
+             "hardware has bf16 units), so other images than the exact default; docs/speed.md (default: off)")
 
 
 def parse_labels(text: str | None, num_classes: int, arg: str = "--labels"):
@@ -85,7 +94,7 @@ def sampling_options(args, model) -> dict:
     if num_iter is not None and len(num_iter) == 1:
         num_iter = num_iter[0]
     return dict(num_iter=num_iter, cfg_scale=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
-                filter_threshold=args.filter_threshold,
+                filter_threshold=args.filter_threshold, fast=args.fast,
                 generator=torch.Generator(model.device).manual_seed(args.seed))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 
 from ..checks import POSITIVE, POSITIVE_INT, Number, parse_device
+from .generation import add_fast_arg
 
 LOCAL_HOSTS = ("localhost",)
 
@@ -41,6 +42,7 @@ def add_parser(subparsers):
     p.add_argument("--max-seconds", type=POSITIVE.parse, default=300.0,
                    help="running time of one job (default 300)")
     p.add_argument("--max-upload-mb", type=POSITIVE.parse, default=4.0, help="largest upload in MB (default 4)")
+    add_fast_arg(p)
     p.set_defaults(fn=run)
     return p
 
@@ -66,7 +68,8 @@ def run(args):
     limits = Limits(queue_size=args.queue_size, workers=args.workers, max_images=args.max_images,
                     max_steps=args.max_steps, max_seconds=args.max_seconds,
                     max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    app = create_app(args.model, limits, device=resolve_device(args.device), testset=args.testset or None)
+    app = create_app(args.model, limits, device=resolve_device(args.device), testset=args.testset or None,
+                     fast=args.fast)
     names = ", ".join(app.state.registry.names)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"fractalgm serve: models {names}; open http://{shown}:{args.port}/ (HTTP API: /openapi.json)",

@@ -108,7 +108,7 @@ def measure_cost(model, *, train_batch: int = 16, sample_batch: int = 8, repeats
     t_train = _timed(train_step, device, repeats)
     sample_labels = (torch.arange(sample_batch) % cfg.num_classes).to(device) if cfg.num_classes else None
     options = {k: v for k, v in sampling.items() if k in ("num_iter", "cfg_scale", "temperature", "cfg_schedule",
-                                                          "filter_threshold")}
+                                                          "filter_threshold", "fast")}
     if cfg.num_classes == 0:
         options["cfg_scale"] = 1.0
 

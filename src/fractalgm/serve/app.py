@@ -32,10 +32,11 @@ async def _lifespan(app: FastAPI):
 
 
 def create_app(models: list[str] | ModelRegistry | None = None, limits: Limits | None = None,
-               device: str = "cpu", testset: str | None = "fashion_mnist") -> FastAPI:
-    """The app over a fixed whitelist of models (shipped names or folders; default: the shipped ones)."""
+               device: str = "cpu", testset: str | None = "fashion_mnist", fast: bool = False) -> FastAPI:
+    """The app over a fixed whitelist of models (shipped names or folders; default: the shipped ones),
+    sampling on the fast path with `fast`."""
     limits = limits or Limits()
-    registry = models if isinstance(models, ModelRegistry) else ModelRegistry(models, device, testset)
+    registry = models if isinstance(models, ModelRegistry) else ModelRegistry(models, device, testset, fast)
     queue = JobQueue(limits.queue_size, limits.workers, limits.keep_jobs, limits.keep_seconds)
     # no /docs or /redoc: FastAPI's pages load their scripts from a CDN, and this app stays offline
     app = FastAPI(title="fractalgm serve", version=__version__, lifespan=_lifespan, docs_url=None, redoc_url=None,

@@ -33,6 +33,7 @@ class ModelEntry:
     folder: Path
     model: FractalGen
     testset: str | None = None
+    fast: bool = False  # sample on the fast path (`fractalgm serve --fast`)
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards the lazy test-set load
     _test_images: torch.Tensor | None = None
     _test_labels: torch.Tensor | None = None
@@ -96,7 +97,7 @@ class ModelRegistry:
     """Name → loaded model, for the shipped models and the folders given at start (nothing else)."""
 
     def __init__(self, models: list[str] | None = None, device: str | torch.device = "cpu",
-                 testset: str | None = "fashion_mnist"):
+                 testset: str | None = "fashion_mnist", fast: bool = False):
         shipped = set(list_pretrained())
         self.entries: dict[str, ModelEntry] = {}
         for spec in models or sorted(shipped):
@@ -106,7 +107,7 @@ class ModelRegistry:
             if name in self.entries:
                 continue
             model = FractalGen.from_pretrained(str(folder), device=device).eval()
-            self.entries[name] = ModelEntry(name, folder, model, testset)
+            self.entries[name] = ModelEntry(name, folder, model, testset, fast)
         if not self.entries:
             raise ValueError("no model to serve: pass --model NAME_OR_FOLDER")
 

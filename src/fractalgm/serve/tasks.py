@@ -131,7 +131,7 @@ def run_spec(spec: Spec, job) -> dict:
 
         generator = torch.Generator(model.device).manual_seed(seed)
         options = dict(num_iter=spec.num_iter, cfg_scale=spec.cfg_scale, cfg_schedule=spec.cfg_schedule,
-                       temperature=spec.temperature, generator=generator, record=record)
+                       temperature=spec.temperature, generator=generator, record=record, fast=spec.entry.fast)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if spec.known is None:
