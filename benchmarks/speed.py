@@ -22,6 +22,7 @@ steps), new/old ratio, and for training the FLOP rate and its share of the peak.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -108,16 +109,42 @@ class Worker:
                 flops.append(counter.get_total_flops())
         return {"times": times, "flops": flops}
 
-    def sample(self, preset: str, batch: int, cfg: float, num_iter: int, reps: int) -> dict:
+    def sample(self, preset: str, batch: int, cfg: float, num_iter: int, reps: int, fast: bool = False) -> dict:
         model = self.setup(preset)[0].eval()
         labels = self.torch.arange(batch) % max(model.config.num_classes, 1)
-        times = []
+        times, digest = [], hashlib.sha256()
         for r in range(reps):
             t0 = time.perf_counter()
-            model.sample(labels, num_iter=num_iter, generator=self.torch.Generator().manual_seed(r),
-                         **guidance(model, cfg))
+            images = model.sample(labels, num_iter=num_iter, generator=self.torch.Generator().manual_seed(r),
+                                  **guidance(model, cfg), **fast_path(model.sample, fast))
             times.append(time.perf_counter() - t0)
-        return {"times": times}
+            digest.update(images.numpy().tobytes())
+        return {"times": times, "sha256": digest.hexdigest()}
+
+    def shipped(self, name: str, images: int, batch: int, cfg: float, fast: bool = False) -> dict:
+        """`images` class-conditional samples of a shipped model in batches, as `sample --out X.npz`.
+
+        A tree without `generate_samples_npz` (the baseline) runs its loop: batch i seeded
+        `1_000_003·0 + i`, labels cycling over the classes, one batch after the other.
+        """
+        from fractalgm import FractalGen
+
+        torch = self.torch
+        model = FractalGen.from_pretrained(name).eval()
+        options = {**guidance(model, cfg), **fast_path(model.sample, fast)}
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            try:
+                from fractalgm.evaluate.samples import generate_samples_npz, load_samples_npz
+            except ImportError:
+                x = torch.cat([model.sample(torch.arange(i * batch, min(images, (i + 1) * batch)) % 10,
+                                            generator=torch.Generator().manual_seed(i), **options)
+                               for i in range(-(-images // batch))])
+            else:
+                x = load_samples_npz(generate_samples_npz(model, Path(tmp) / "s.npz", images, batch_size=batch,
+                                                          progress=False, **options))[0]
+            seconds = time.perf_counter() - t0
+        return {"times": [seconds], "sha256": hashlib.sha256(x.numpy().tobytes()).hexdigest()}
 
     def peak(self, n: int = 1024, reps: int = 8) -> dict:
         """bf16 (and fp32) matmul GFLOP/s of an n³ product: the best of `reps`."""
@@ -155,6 +182,21 @@ class Worker:
         ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)
         return {"wall_ms": wall * 1e3, "levels_ms": levels,
                 "top_ops_self_ms": [[e.key, e.self_cpu_time_total / 1e3, e.count] for e in ops[:top]]}
+
+
+def guidance(model, scale: float) -> dict:
+    """The guidance keyword of the tree under test: `cfg_scale` now, `cfg` before the rename."""
+    import inspect
+
+    return {"cfg_scale" if "cfg_scale" in inspect.signature(model.sample).parameters else "cfg": scale}
+
+
+def fast_path(fn, fast: bool) -> dict:
+    """`fast=True` where the tree under test has the fast path (the baseline runs its only, exact path)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return {"fast": True} if fast and "fast" in params else {}
 
 
 def _timed(fn) -> float:
@@ -258,7 +300,10 @@ def main(argv=None):
     p.add_argument("--sample-batches", default="16,80")
     p.add_argument("--cfgs", default="1.0,1.5")
     p.add_argument("--num-iter", type=int, default=8, help="MAR steps per level when sampling (AR: always L)")
-    p.add_argument("--tasks", default="train,sample,profile")
+    p.add_argument("--tasks", default="train,sample,profile", help="train, sample, shipped (a shipped model's "
+                   "batched sampling, as `sample --out X.npz`), profile")
+    p.add_argument("--fast", action="store_true", help="also sample on the new tree's fast path (against old exact)")
+    p.add_argument("--shipped", default="fmnist-ar:1000:100:1.5", help="shipped task: NAME:IMAGES:BATCH:CFG")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed training steps per round")
     p.add_argument("--threads", type=int, default=1)
@@ -281,9 +326,16 @@ def main(argv=None):
     if "train" in tasks:
         plan += [("train", dict(preset=pr, batch=int(b), steps=args.steps)) for pr in presets
                  for b in args.batches.split(",")]
+    paths = [False, True] if args.fast else [False]
     if "sample" in tasks:
-        plan += [("sample", dict(preset=pr, batch=int(b), cfg=float(c), num_iter=args.num_iter, reps=1))
-                 for pr in presets for b in args.sample_batches.split(",") for c in args.cfgs.split(",")]
+        plan += [("sample", dict(preset=pr, batch=int(b), cfg=float(c), num_iter=args.num_iter, reps=1, fast=f))
+                 for pr in presets for b in args.sample_batches.split(",") for c in args.cfgs.split(",")
+                 for f in paths]
+    if "shipped" in tasks:
+        name, n, b, c = args.shipped.split(":")
+        if not Path(name).is_dir():  # this tree's shipped folder: both sides load the same weights
+            name = str(REPO / "src" / "fractalgm" / "pretrained" / name)
+        plan += [("shipped", dict(name=name, images=int(n), batch=int(b), cfg=float(c), fast=f)) for f in paths]
     results = {(op, json.dumps(kw, sort_keys=True)): {"old": [], "new": [], "flops": {}} for op, kw in plan}
     peaks = {"old": [], "new": []}
     t_start = time.time()
@@ -295,15 +347,17 @@ def main(argv=None):
                     res = side.ask(op=op, **kw, **({"count_flops": True} if op == "train" and r == 0 else {}))
                     entry = results[(op, json.dumps(kw, sort_keys=True))]
                     entry[side.name] += res["times"]
+                    if "sha256" in res:
+                        entry.setdefault("sha256", {}).setdefault(side.name, set()).add(res["sha256"])
                     if res.get("flops"):
                         entry["flops"][side.name] = res["flops"]
                 print(f"round {r + 1}/{args.rounds}  {op} {kw}  done ({time.time() - t_start:.0f}s)", flush=True)
             for side in order:
-                peaks[side.name].append(side.ask(op="peak")["bf16"])
+                peaks[side.name].append(max(side.ask(op="peak").values()))  # bf16 is emulated on AVX2
         profiles = {}
         if "profile" in tasks:
             for pr in presets:
-                for b in args.batches.split(","):
+                for b in args.batches.split(",") if "train" in tasks else []:
                     profiles[f"train {pr} b{b}"] = {s.name: s.ask(op="profile", preset=pr, batch=int(b)) for s in sides}
                 if "sample" in tasks:
                     b, c = int(args.sample_batches.split(",")[0]), float(args.cfgs.split(",")[-1])
@@ -331,7 +385,7 @@ def summarise(results, peaks, profiles, args) -> dict:
         for side in ("old", "new"):
             t = entry[side]
             row[f"{side}_s"] = median(t)
-            row[f"{side}_images_per_s"] = kw["batch"] / median(t)
+            row[f"{side}_images_per_s"] = kw.get("images", kw["batch"]) / median(t)
             flops = entry["flops"].get(side)
             if flops:  # times are rounds × steps with the same seeds each round
                 rates = [flops[i % len(flops)] / ti for i, ti in enumerate(t)]
@@ -340,15 +394,19 @@ def summarise(results, peaks, profiles, args) -> dict:
                 row[f"{side}_peak_share"] = median(rates) / 1e9 / peak
                 row[f"{side}_peak_share_vs_median_peak"] = median(rates) / 1e9 / peak_median
         row["speedup"] = row["old_s"] / row["new_s"]
+        if "sha256" in entry and not kw.get("fast"):  # the exact path: the same images as the baseline
+            row["same_images_as_old"] = entry["sha256"]["old"] == entry["sha256"]["new"]
         rows.append(row)
-    print(f"\nbf16 matmul peak (1024³, best of 8 per round): best {peak:.1f}, median {peak_median:.1f} GFLOP/s "
+    print(f"\nmatmul peak (1024³, the faster of bf16 and fp32, best of 8 per round): best {peak:.1f}, median {peak_median:.1f} GFLOP/s "
           f"({args.threads} thread(s)); %peak below is against the best")
-    print(f"{'task':7s} {'preset':18s} {'batch':>5s} {'cfg':>4s}  {'old img/s':>9s} {'new img/s':>9s} "
-          f"{'speedup':>7s}  {'old %peak':>9s} {'new %peak':>9s}")
+    print(f"{'task':7s} {'preset / model':18s} {'batch':>5s} {'cfg':>4s} {'path':5s} {'old img/s':>9s} "
+          f"{'new img/s':>9s} {'speedup':>7s}  {'old %peak':>9s} {'new %peak':>9s}  same images")
     for r in rows:
         share = "".join(f"{100 * r[k]:9.1f} " if k in r else f"{'':9s} " for k in ("old_peak_share", "new_peak_share"))
-        print(f"{r['task']:7s} {r['preset']:18s} {r['batch']:5d} {r.get('cfg', ''):>4}  "
-              f"{r['old_images_per_s']:9.2f} {r['new_images_per_s']:9.2f} {r['speedup']:6.2f}×  {share}")
+        path = "fast" if r.get("fast") else "exact" if r["task"] != "train" else ""
+        print(f"{r['task']:7s} {Path(r.get('preset', r.get('name'))).name:18s} {r['batch']:5d} {r.get('cfg', ''):>4} {path:5s} "
+              f"{r['old_images_per_s']:9.2f} {r['new_images_per_s']:9.2f} {r['speedup']:6.2f}×  {share} "
+              f"{r.get('same_images_as_old', '')}")
     for name, sides in profiles.items():
         print(f"\nprofile: {name} (ms; a level's range covers its blocks / head, not embeddings or masks)")
         levels = sorted(set(sides["old"]["levels_ms"]) | set(sides["new"]["levels_ms"]))
@@ -365,16 +423,17 @@ def summarise(results, peaks, profiles, args) -> dict:
             "machine": os.uname().machine, "cpu_count": os.cpu_count(), "rounds": args.rounds,
             "steps": args.steps, "num_iter": args.num_iter, "bf16_peak_gflop_per_s": peak,
             "bf16_peak_median_gflop_per_s": peak_median,
-            "peaks": peaks, "rows": rows, "profiles": profiles,
+            "cpu": _cpu_name(), "peaks": peaks, "rows": rows, "profiles": profiles,
             "note": "old and new measured in turns in one run; the machine may have been shared"}
+
+
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return os.uname().machine
 
 
 if __name__ == "__main__":
     main()
 
-
-def guidance(model, scale: float) -> dict:
-    """The guidance keyword of the tree under test: `cfg_scale` now, `cfg` before the rename."""
-    import inspect
-
-    return {"cfg_scale" if "cfg_scale" in inspect.signature(model.sample).parameters else "cfg": scale}
