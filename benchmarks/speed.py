@@ -421,8 +421,8 @@ def summarise(results, peaks, profiles, args) -> dict:
 
     return {"baseline": args.baseline_commit, "threads": args.threads, "torch": torch.__version__,
             "machine": os.uname().machine, "cpu_count": os.cpu_count(), "rounds": args.rounds,
-            "steps": args.steps, "num_iter": args.num_iter, "bf16_peak_gflop_per_s": peak,
-            "bf16_peak_median_gflop_per_s": peak_median,
+            "steps": args.steps, "num_iter": args.num_iter, "matmul_peak_gflop_per_s": peak,
+            "matmul_peak_median_gflop_per_s": peak_median,
             "cpu": _cpu_name(), "peaks": peaks, "rows": rows, "profiles": profiles,
             "note": "old and new measured in turns in one run; the machine may have been shared"}
 
