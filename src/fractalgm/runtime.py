@@ -59,8 +59,8 @@ def batch_workers(device: torch.device, batches: int) -> int:
 
     Sampling runs thousands of small operations per image, and a small matrix product gains little
     from a second thread (about 1.2× on 2 cores) while two batches each on one thread keep both
-    cores busy (1.4× on 2 cores, measured in benchmarks/speed.py). More than two Python threads
-    would queue on the interpreter lock. On a GPU the batches share one stream: one at a time.
+    cores busy (1.4× for two batches of 100 on 2 cores, docs/speed.md). More Python threads would
+    queue on the interpreter lock. On a GPU the batches share one stream: one at a time.
     """
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 and batches >= 2 else 1
 
@@ -69,9 +69,9 @@ class side_by_side:
     """Run `fn` over items in `workers` threads, each with `threads // workers` intra-op threads.
 
     A context manager (`with side_by_side(2) as run: for result in run(fn, items): …`) so the
-    intra-op thread count is restored however the loop ends. Results come back in item order.
-    Operations give the same numbers at any thread count (no kernel used here splits a reduction
-    across threads), so the results are those of a sequential loop.
+    intra-op thread count is restored however the loop ends. Results come back in item order. The
+    CPU kernels of sampling split their work across threads by rows, never inside one sum, so each
+    item's numbers do not depend on the thread count: the results are a sequential loop's (tested).
     """
 
     def __init__(self, workers: int):

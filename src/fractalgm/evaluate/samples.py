@@ -120,6 +120,7 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="batch", dynamic_ncols=True,
                desc=f"sampling → {out.name}" + (f" (rank {rank}/{world})" if world > 1 else ""),
                disable=not progress)
+
     def sample_batch(i: int):
         start, stop = i * batch_size, min((i + 1) * batch_size, num_images)
         labels = label_list[torch.arange(start, stop) % len(label_list)] if conditional else None

@@ -124,9 +124,9 @@ class MARGenerator(nn.Module):
         guiding pixel).
 
         Sampling reads the maps at a few positions only: with `needed` (R, L) bool the last block's
-        per-token work and the final norm run there alone and the maps are zero elsewhere (the
-        values that are computed are the same). `prefix` passes the embedded prefix (`embed_prefix`)
-        computed once for all steps."""
+        per-token work and the final norm run there alone, so the maps equal the full pass's where
+        they read only needed outputs and are zero elsewhere. `prefix` is the embedded prefix
+        (`embed_prefix`), computed once for all steps."""
         if len(conds.tokens) != self.num_conds:
             raise ValueError(f"this MAR level reads {self.num_conds} conditions, got {len(conds.tokens)}")
         x = self.patch_emb(self.embed(patches))
