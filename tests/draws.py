@@ -29,6 +29,7 @@ from fractalgm.models import pixel_head
 # Logits cross CPUs with relative errors of a few fp32 ulps times the depth of the network (golden:
 # ≤ 1e-6 nats per term); 1e-4 in log-score is ~100× that. A draw closer than this is "borderline".
 EPS = 1e-4
+_multinomial = sampling.sample_categorical  # the exact path's draw, which `audited` replaces
 
 
 @dataclass
@@ -48,7 +49,7 @@ class DrawAudit:
     def sample_categorical(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         raw, opts = self._raw
         q_gen = torch.Generator(generator.device).set_state(generator.get_state())
-        drawn = sampling.sample_categorical(logits, generator)
+        drawn = _multinomial(logits, generator)
         q = torch.empty_like(logits, dtype=torch.float32).exponential_(1, generator=q_gen)
         scores = torch.softmax(logits.float(), -1) / q  # exactly what torch.multinomial(p, 1) maximises
         assert torch.equal(scores.argmax(-1), drawn), "torch.multinomial is no longer argmax(p / Exp(1))"
@@ -85,12 +86,12 @@ class DrawAudit:
 @contextmanager
 def audited(audit: DrawAudit):
     """Route the pixel head's draws through `audit` (the only place pixels are drawn)."""
-    old = pixel_head.guided_logits, pixel_head.sample_categorical
-    pixel_head.guided_logits, pixel_head.sample_categorical = audit.guided_logits, audit.sample_categorical
+    old = pixel_head.guided_logits, sampling.sample_categorical
+    pixel_head.guided_logits, sampling.sample_categorical = audit.guided_logits, audit.sample_categorical
     try:
         yield audit
     finally:
-        pixel_head.guided_logits, pixel_head.sample_categorical = old
+        pixel_head.guided_logits, sampling.sample_categorical = old
 
 
 def run(generate: Callable[[], torch.Tensor], forced=None, eps: float = EPS) -> tuple[torch.Tensor, DrawAudit]:
