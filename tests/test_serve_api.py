@@ -323,3 +323,15 @@ def test_a_model_of_another_shape_has_no_picker_but_takes_uploads(tmp_path):
         assert r.status_code == 202, r.text
         name, data = events(c, r.json())[-1]
         assert name == "done" and data["result"]["known_unchanged"] and data["result"]["known_pixels"] == 8 * 4 * 3
+
+
+def test_a_fast_server_samples_on_the_fast_path(tiny_folder, client):
+    """`serve --fast`: the same seed gives the same images again, other ones than the exact server's."""
+    def images(c):
+        job, evs = run(c, num_images=2, label=1, seed=3)
+        assert evs[-1][0] == "done"
+        return png_array(c.get(f"/api/jobs/{job['id']}/result.png").content)
+
+    with TestClient(create_app([str(tiny_folder)], Limits(max_steps=32), device="cpu", fast=True)) as fast:
+        first, again = images(fast), images(fast)
+    assert np.array_equal(first, again) and not np.array_equal(first, images(client))

@@ -35,11 +35,10 @@ def add_sampling_args(q):
 
 
 def add_fast_arg(q):
-    q.add_argument("--fast", action="store_true", help=FAST_HELP)
-
-
-FAST_HELP = ("the fast path: the same distribution with faster numerics (float32 Gumbel draws, bf16 where the "
-             "hardware has bf16 units), so other images than the exact default; docs/speed.md (default: off)")
+    """`--fast`, the opt-in fast sampling path of sample, inpaint, eval and serve."""
+    q.add_argument("--fast", action="store_true", help="the fast path: the same distribution with faster numerics "
+                   "(float32 Gumbel draws, bf16 where the hardware has bf16 units), so other images than the exact "
+                   "default; docs/speed.md (default: off)")
 
 
 def parse_labels(text: str | None, num_classes: int, arg: str = "--labels"):
