@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fractalgm import FractalGen
-from fractalgm.models.decode import Decoder, rms_norm, rope_tables
+from fractalgm.models.decode import Decoder, rope_tables
 from fractalgm.models.layers import KVCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def static_step(blocks, cos, sin, rows: int, max_len: int):
         c, s = cos.index_select(0, pos.view(1)), sin.index_select(0, pos.view(1))
         for i, blk in enumerate(blocks):
             a = blk.attention
-            qkv = F.linear(rms_norm(x, blk.attention_norm), a.wqkv.weight).view(rows, 1, 3, H, d)
+            qkv = F.linear(blk.attention_norm.forward(x), a.wqkv.weight).view(rows, 1, 3, H, d)
             qk = qkv[:, :, :2]
             qk = qk * c + qk.reshape(rows, 1, 2, H, d // 2, 2).flip(-1).flatten(-2) * s
             cache[i, 0].index_copy_(2, pos.view(1), qk[:, 0, 1].unsqueeze(2))
@@ -48,7 +48,7 @@ def static_step(blocks, cos, sin, rows: int, max_len: int):
             out = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), cache[i, 0], cache[i, 1], attn_mask=keep)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, 1, D), a.wo.weight)
             ff = blk.feed_forward
-            h = rms_norm(x, blk.ffn_norm)
+            h = blk.ffn_norm.forward(x)
             x = x + F.linear(F.silu(F.linear(h, ff.w1.weight)) * F.linear(h, ff.w3.weight), ff.w2.weight)
         return x
 

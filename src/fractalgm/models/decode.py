@@ -4,8 +4,8 @@ The generic block forward (`LlamaBlock.forward` with a `KVCache`) serves trainin
 chunked decoding; sampling calls it 16 times per pixel, where the Python and dispatch work around
 the matrix products costs more than the products themselves. `Decoder.step` runs the same
 operations on the same shapes, so its numbers are the generic path's bit for bit, with the glue cut
-down: module calls become direct functional calls on the weights, RoPE is one multiply-add of q and
-k together with tables built once, and the caches of every block live in one preallocated tensor.
+down: module calls become direct calls (no hooks, no `__call__`), RoPE is one multiply-add of q and k
+together with tables built once, and the caches of every block live in one preallocated tensor.
 """
 from __future__ import annotations
 
@@ -24,12 +24,6 @@ def rope_tables(rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     cos, sin = rope.unbind(-1)
     return (torch.stack([cos, cos], -1).flatten(-2), torch.stack([-sin, sin], -1).flatten(-2))
-
-
-def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """`RMSNorm.forward`, op for op."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)).type_as(x) * norm.weight
 
 
 class Decoder:
@@ -51,9 +45,9 @@ class Decoder:
     def step(self, x: torch.Tensor, pos: int) -> torch.Tensor:
         """The blocks' output for x (B, 1, D) at position `pos`, after every earlier position."""
         for i, block in enumerate(self.blocks):
-            x = x + self._attend(block.attention, rms_norm(x, block.attention_norm), i, pos)
+            x = x + self._attend(block.attention, block.attention_norm.forward(x), i, pos)
             ff = block.feed_forward
-            h = rms_norm(x, block.ffn_norm)
+            h = block.ffn_norm.forward(x)
             x = x + F.linear(F.silu(F.linear(h, ff.w1.weight)) * F.linear(h, ff.w3.weight), ff.w2.weight)
         return x
 

@@ -97,10 +97,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         B, N, D = x.shape
+        return self.proj_drop(self.proj(self.heads(x, causal).reshape(B, N, D)))
+
+    def heads(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """The attention output per head, (B, N, H, d), before the output projection."""
+        B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.attn_drop if self.training else 0.0
-        x = attention(q, k, v, causal, dropout=p)  # (B, H, N, d)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
+        return attention(q, k, v, causal, dropout=p).transpose(1, 2)
 
 
 class Mlp(nn.Module):
@@ -138,11 +142,8 @@ class ViTBlock(nn.Module):
         Attention still reads every token; only the per-token work after it is restricted. Those are
         the same row-wise operations on fewer rows, so the outputs are `forward`'s.
         """
-        a = self.attn
-        B, N, D = x.shape
-        q, k, v = a.qkv(self.norm1(x)).reshape(B, N, 3, a.num_heads, D // a.num_heads).permute(2, 0, 3, 1, 4)
-        out = attention(q, k, v, self.causal).transpose(1, 2)[where]  # (T, H, d)
-        y = x[where] + a.proj(out.reshape(-1, D))
+        out = self.attn.heads(self.norm1(x), self.causal)[where]  # (T, H, d)
+        y = x[where] + self.attn.proj(out.flatten(1))
         return y + self.mlp(self.norm2(y))
 
 
