@@ -6,6 +6,8 @@ the "after" in the same run on the same machine, so bit-equality is a fair deman
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import build, gen, perturb, tiny_config
@@ -116,17 +118,58 @@ def test_trimmed_mar_maps_equal_the_full_ones_where_read():
     assert torch.equal(trimmed.middle[~needed], torch.zeros_like(full.middle[~needed]))
 
 
-def test_batches_sampled_side_by_side_are_the_sequential_ones(tmp_path):
-    """Two batches at a time (one intra-op thread each) give the images of one at a time."""
-    from fractalgm.evaluate.samples import generate_samples_npz, load_samples_npz
+@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
+def test_batches_sampled_side_by_side_are_the_sequential_ones(tmp_path, monkeypatch, processes):
+    """Two batches at a time (one intra-op thread each, in forked processes or in threads) give the
+    images of one at a time."""
+    from fractalgm import runtime
+    from fractalgm.evaluate import samples
 
+    if processes and not runtime.can_fork():
+        pytest.skip("no safe fork here")
+    monkeypatch.setattr(samples, "side_by_side", lambda w: runtime.side_by_side(w, processes=processes))
     model = perturb(build(tiny_config(("ar", "mar"), guiding_pixel=True)))
     threads = torch.get_num_threads()
     common = dict(batch_size=3, seed=5, progress=False, cfg_scale=2.0)
-    one = load_samples_npz(generate_samples_npz(model, tmp_path / "one.npz", 8, workers=1, **common))
-    two = load_samples_npz(generate_samples_npz(model, tmp_path / "two.npz", 8, workers=2, **common))
+    one = samples.load_samples_npz(samples.generate_samples_npz(model, tmp_path / "one.npz", 8, workers=1, **common))
+    two = samples.load_samples_npz(samples.generate_samples_npz(model, tmp_path / "two.npz", 8, workers=2, **common))
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     assert torch.get_num_threads() == threads and not model.training
+
+
+def _square_or_fail(i: int) -> int:
+    if i == 3:
+        raise ValueError("item 3 is bad")
+    return i * i
+
+
+def _square_or_die(i: int) -> int:
+    if i == 3:
+        os._exit(9)  # as a worker killed by the system would end
+    return i * i
+
+
+@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
+def test_side_by_side_returns_every_result_and_reports_a_failing_item(processes):
+    from fractalgm.runtime import can_fork, side_by_side
+
+    if processes and not can_fork():
+        pytest.skip("no safe fork here")
+    with side_by_side(2, processes=processes) as run:
+        assert sorted(run(_square_or_fail, [0, 1, 2, 4, 5])) == [0, 1, 4, 16, 25]
+    with pytest.raises((RuntimeError, ValueError), match="item 3 is bad"):
+        with side_by_side(2, processes=processes) as run:
+            list(run(_square_or_fail, range(6)))
+
+
+def test_a_worker_that_dies_is_reported_not_waited_for():
+    from fractalgm.runtime import can_fork, side_by_side
+
+    if not can_fork():
+        pytest.skip("no safe fork here")
+    with pytest.raises(RuntimeError, match="exited with code 9"):
+        with side_by_side(2) as run:
+            list(run(_square_or_die, range(6)))
 
 
 @pytest.mark.parametrize("kinds", [("ar", "ar"), ("mar", "mar")])

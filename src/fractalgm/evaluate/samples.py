@@ -83,7 +83,8 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
     Class-conditional models get balanced labels (cycling over `label_list`, default all classes)
     unless `conditional=False`. `sampling` goes to `model.sample` (num_iter, cfg_scale, temperature, …).
     `workers` batches are sampled side by side (default: `runtime.batch_workers`, two on a multi-core
-    CPU); each batch has its own seed, so the images are the same with any number.
+    CPU), in forked processes on Linux; each batch has its own seed, so the images are the same with
+    any number.
     """
     out = Path(out)
     if out.suffix != ".npz":
@@ -131,7 +132,7 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
 
     workers = batch_workers(model.device, len(todo)) if workers is None else workers
     was_training = model.training
-    model.eval()  # set once: concurrent `sample` calls must not toggle the mode under each other
+    model.eval()  # set once: concurrent `sample` calls (threads) must not toggle the mode under each other
     try:
         with side_by_side(workers) as run:
             for _ in run(sample_batch, todo):
