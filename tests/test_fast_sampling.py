@@ -127,7 +127,7 @@ def test_batches_sampled_side_by_side_are_the_sequential_ones(tmp_path, monkeypa
 
     if processes and not runtime.can_fork():
         pytest.skip("no safe fork here")
-    monkeypatch.setattr(samples, "side_by_side", lambda w: runtime.side_by_side(w, processes=processes))
+    monkeypatch.setattr(runtime, "can_fork", lambda: processes)
     model = perturb(build(tiny_config(("ar", "mar"), guiding_pixel=True)))
     threads = torch.get_num_threads()
     common = dict(batch_size=3, seed=5, progress=False, cfg_scale=2.0)

@@ -134,7 +134,8 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
     was_training = model.training
     model.eval()  # set once: concurrent `sample` calls (threads) must not toggle the mode under each other
     try:
-        with side_by_side(workers) as run:
+        # a forked child cannot use the parent's CUDA context: other devices share threads
+        with side_by_side(workers, processes=None if model.device.type == "cpu" else False) as run:
             for _ in run(sample_batch, todo):
                 bar.update(1)
     finally:
