@@ -60,7 +60,7 @@ def batch_workers(device: torch.device, batches: int) -> int:
 
     Sampling runs thousands of small operations per image, and a small matrix product gains little
     from a second thread (about 1.2× on 2 cores) while two batches each on one thread keep both
-    cores busy (1,000 images of the shipped model: 1.65× in two processes, docs/speed.md). On a GPU
+    cores busy (1,000 images of the shipped model: 1.48× in two processes, docs/speed.md). On a GPU
     the batches share one stream: one at a time.
     """
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 and batches >= 2 else 1
@@ -83,7 +83,7 @@ class side_by_side:
     rows, never inside one sum, so each item's numbers do not depend on the thread count: the results
     are a sequential loop's (tested).
 
-    Processes beat threads on a 2-core CPU (1.7× over one batch at a time against 1.4×,
+    Processes beat threads on a 2-core CPU (1.48× over one batch at a time against 1.39×,
     docs/speed.md): sampling is thousands of small kernels, and threads queue on the interpreter lock
     between them. A forked worker shares the model's memory and needs no re-import; `fn`'s results
     travel back pickled, so they should be small (the sampler writes its images to disk).
