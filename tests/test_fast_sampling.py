@@ -7,6 +7,7 @@ the "after" in the same run on the same machine, so bit-equality is a fair deman
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -160,6 +161,53 @@ def test_side_by_side_returns_every_result_and_reports_a_failing_item(processes)
     with pytest.raises((RuntimeError, ValueError), match="item 3 is bad"):
         with side_by_side(2, processes=processes) as run:
             list(run(_square_or_fail, range(6)))
+
+
+def _threads_after_a_product(i: int) -> int:
+    torch.ones(256, 256) @ torch.ones(256, 256)  # a parallel region at more than one thread would hang
+    return torch.get_num_threads()
+
+
+def _hung(*_):
+    raise TimeoutError("a forked worker hung")
+
+
+def test_forked_workers_run_on_one_thread_after_the_parent_used_its_pool():
+    """A forked child that kept the parent's thread count would hang in its first parallel region
+    (seen: remove `_work`'s `set_num_threads(1)`); an alarm turns a hang into a failure."""
+    from fractalgm.runtime import can_fork, side_by_side
+
+    if not can_fork():
+        pytest.skip("no safe fork here")
+    threads, alarm = torch.get_num_threads(), signal.signal(signal.SIGALRM, _hung)
+    torch.set_num_threads(2)
+    signal.alarm(60)
+    try:
+        torch.ones(256, 256) @ torch.ones(256, 256)
+        with side_by_side(2) as run:
+            assert list(run(_threads_after_a_product, range(4))) == [1] * 4
+        assert torch.get_num_threads() == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, alarm)
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_batch_workers_one_process_per_thread_or_two_threads(monkeypatch, fork):
+    from fractalgm import runtime
+
+    monkeypatch.setattr(runtime, "can_fork", lambda: fork)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        cpu = torch.device("cpu")
+        assert runtime.batch_workers(cpu, 10) == (4 if fork else 2)
+        assert runtime.batch_workers(cpu, 3) == (3 if fork else 2)
+        assert runtime.batch_workers(cpu, 1) == 1
+        assert runtime.batch_workers(torch.device("meta"), 10) == 1  # a GPU's batches share one stream
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_worker_that_dies_is_reported_not_waited_for():

@@ -56,14 +56,18 @@ def fast_context(device: torch.device):
 
 
 def batch_workers(device: torch.device, batches: int) -> int:
-    """Batches to sample side by side: two on a multi-core CPU, else one.
+    """Batches to sample side by side: one per intra-op thread on a CPU that can fork (Linux), two on
+    another multi-core CPU, else one.
 
-    Sampling runs thousands of small operations per image, and a small matrix product gains little
-    from a second thread (about 1.2× on 2 cores) while two batches each on one thread keep both
-    cores busy (1,000 images of the shipped model: 1.48× in two processes, docs/speed.md). On a GPU
-    the batches share one stream: one at a time.
+    Sampling runs thousands of small operations per image, and a batch gains about 1.3× from a
+    second intra-op thread, while two batches each on one thread keep both cores busy (1,000 images
+    of the shipped model: 1.48× in two processes, docs/speed.md). More threads than two would queue
+    on the interpreter lock; processes do not. On a GPU the batches share one stream: one at a time.
     """
-    return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 and batches >= 2 else 1
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or batches < 2:
+        return 1
+    return min(threads, batches) if can_fork() else 2
 
 
 def can_fork() -> bool:
@@ -74,8 +78,8 @@ def can_fork() -> bool:
 
 
 class side_by_side:
-    """Run `fn` over items in `workers` forked processes (threads where forking is unsafe), each
-    with `threads // workers` intra-op threads.
+    """Run `fn` over items in `workers` forked processes with one intra-op thread each, or (where
+    forking is unsafe, or with `processes=False`) in threads with `threads // workers` each.
 
     A context manager (`with side_by_side(2) as run: for result in run(fn, items): …`) so the workers
     and the intra-op thread count are cleaned up however the loop ends. Results come back as their
@@ -86,7 +90,9 @@ class side_by_side:
     Processes beat threads on a 2-core CPU (1.48× over one batch at a time against 1.39×,
     docs/speed.md): sampling is thousands of small kernels, and threads queue on the interpreter lock
     between them. A forked worker shares the model's memory and needs no re-import; `fn`'s results
-    travel back pickled, so they should be small (the sampler writes its images to disk).
+    travel back pickled, so they should be small (the sampler writes its images to disk). It runs on
+    one intra-op thread because PyTorch's thread pool does not survive a fork: a child's first
+    parallel region would hang.
     """
 
     def __init__(self, workers: int, processes: bool | None = None):
@@ -115,12 +121,11 @@ class side_by_side:
         from multiprocessing.connection import wait
 
         ctx = multiprocessing.get_context("fork")
-        threads = max(1, self.threads // self.workers)
         shares = [items[w::self.workers] for w in range(self.workers)]
         links = {}
         for share in filter(None, shares):
             reader, writer = ctx.Pipe(duplex=False)
-            child = ctx.Process(target=_work, args=(fn, share, writer, threads), daemon=True)
+            child = ctx.Process(target=_work, args=(fn, share, writer), daemon=True)
             child.start()
             writer.close()
             self.children.append(child)
@@ -152,9 +157,9 @@ class side_by_side:
             torch.set_num_threads(self.threads)
 
 
-def _work(fn, items, link, threads: int):
+def _work(fn, items, link):
     """A forked worker's loop: `fn` over its items, each result (or the error) sent back at once."""
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # before any parallel region: the inherited pool is unusable
     try:
         for item in items:
             link.send((True, fn(item)))
