@@ -83,9 +83,10 @@ class side_by_side:
 
     A context manager (`with side_by_side(2) as run: for result in run(fn, items): …`) so the workers
     and the intra-op thread count are cleaned up however the loop ends. Results come back as their
-    items finish, in no fixed order. The CPU kernels of sampling split their work across threads by
-    rows, never inside one sum, so each item's numbers do not depend on the thread count: the results
-    are a sequential loop's (tested).
+    items finish, in no fixed order. They are a sequential loop's at the workers' intra-op thread
+    count (tested). At another thread count they may differ in rare cases: CPU attention with one
+    query and 8 or more keys (most lengths) rounds differently at 2 threads than at 1 (docs/codec.md),
+    which can tip a close draw (none of 1,000 images of the shipped model changed, docs/speed.md).
 
     Processes beat threads on a 2-core CPU (1.48× over one batch at a time against 1.39×,
     docs/speed.md): sampling is thousands of small kernels, and threads queue on the interpreter lock

@@ -82,9 +82,10 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
 
     Class-conditional models get balanced labels (cycling over `label_list`, default all classes)
     unless `conditional=False`. `sampling` goes to `model.sample` (num_iter, cfg_scale, temperature, …).
-    `workers` batches are sampled side by side (default: `runtime.batch_workers`, two on a multi-core
-    CPU), in forked processes on Linux; each batch has its own seed, so the images are the same with
-    any number.
+    `workers` batches are sampled side by side (default: `runtime.batch_workers`: on a multi-core
+    CPU, forked processes on one thread each on Linux, two threads elsewhere). Each batch has its own
+    seed, so the images do not depend on how batches are spread, only (rarely) on the intra-op
+    threads each batch gets (see `runtime.side_by_side`).
     """
     out = Path(out)
     if out.suffix != ".npz":
