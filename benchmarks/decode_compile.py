@@ -8,6 +8,7 @@ Three ways to decode one token through a level's blocks, timed in turns in one p
   numbers differ from the exact path's at the rounding level.
 
     python benchmarks/decode_compile.py --threads 2 --rows 200     # batch 100 at cfg ≠ 1
+    python benchmarks/decode_compile.py --device cuda --mode reduce-overhead   # the compiled step in CUDA graphs
 """
 from __future__ import annotations
 
@@ -55,19 +56,22 @@ def static_step(blocks, cos, sin, rows: int, max_len: int):
     return step
 
 
-def measure(level, rows: int, rounds: int) -> dict:
+def measure(level, rows: int, rounds: int, mode: str) -> dict:
     g = level
-    L, D = g.cfg.seq_len + 1, g.cfg.width
-    x = torch.randn(rows, 1, D)
+    L, D, device = g.cfg.seq_len + 1, g.cfg.width, g.rope.device
+    x = torch.randn(rows, 1, D, device=device)
     cos, sin = rope_tables(g.rope)
-    cache = torch.zeros(len(g.blocks), 2, rows, g.cfg.num_heads, L, g.cfg.head_dim)
-    compiled = torch.compile(static_step(g.blocks, cos, sin, rows, L), fullgraph=True, dynamic=False)
+    cache = torch.zeros(len(g.blocks), 2, rows, g.cfg.num_heads, L, g.cfg.head_dim, device=device)
+    positions = torch.arange(L, device=device)
+    compiled = torch.compile(static_step(g.blocks, cos, sin, rows, L), fullgraph=True, dynamic=False, mode=mode)
     t0 = time.perf_counter()
-    compiled(x, torch.tensor(0), cache)
+    for _ in range(3):  # CUDA graphs ("reduce-overhead") record on a later call than the first
+        compiled(x, positions[0], cache)
+    sync(device)
     compile_s = time.perf_counter() - t0
 
     def generic():
-        caches = [KVCache(rows, g.cfg.num_heads, L, g.cfg.head_dim, "cpu", torch.float32) for _ in g.blocks]
+        caches = [KVCache(rows, g.cfg.num_heads, L, g.cfg.head_dim, device, torch.float32) for _ in g.blocks]
         for s in range(L):
             y = x
             for block, c in zip(g.blocks, caches):
@@ -80,19 +84,26 @@ def measure(level, rows: int, rounds: int) -> dict:
 
     def comp():
         for s in range(L):
-            compiled(x, torch.tensor(s), cache)
+            compiled(x, positions[s], cache)
 
     ways = {"generic": generic, "lean": lean, "compiled": comp}
     times = {k: [] for k in ways}
     for r in range(rounds):
         for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+            sync(device)
             t0 = time.perf_counter()
             ways[name]()
+            sync(device)
             times[name].append((time.perf_counter() - t0) / L * 1e3)
     ms = {k: statistics.median(v) for k, v in times.items()}
     return {"tokens": L, "width": D, "depth": len(g.blocks), "rows": rows, "compile_s": compile_s,
             "ms_per_step": ms, "lean_speedup_vs_generic": ms["generic"] / ms["lean"],
             "compiled_speedup_vs_lean": ms["lean"] / ms["compiled"]}
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main():
@@ -101,25 +112,29 @@ def main():
     p.add_argument("--rows", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "decode_compile_cpu_2t.json")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", default="default", help="torch.compile mode; reduce-overhead runs CUDA graphs on a GPU")
+    p.add_argument("--out", type=Path, help="default benchmarks/results/decode_compile_<device>[_<mode>]_<threads>t.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = FractalGen.from_pretrained(args.model).eval()
+    model = FractalGen.from_pretrained(args.model, device=args.device).eval()
     levels, level = [], model
     while hasattr(level, "generator"):
         levels.append(level.generator)
         level = level.next_fractal
     report = {"model": args.model, "threads": args.threads, "torch": torch.__version__, "cpu_count": os.cpu_count(),
-              "levels": []}
+              "device": args.device, "mode": args.mode, "levels": []}
     with torch.no_grad():
         for i, g in enumerate(levels):
-            r = measure(g, args.rows, args.rounds)
+            r = measure(g, args.rows, args.rounds, args.mode)
             report["levels"].append(r)
             print(f"level {i} ({r['depth']} blocks of width {r['width']}, {r['tokens']} positions, {r['rows']} rows): "
                   + ", ".join(f"{k} {v:.2f} ms" for k, v in r["ms_per_step"].items())
                   + f" per step; compile {r['compile_s']:.0f} s")
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    mode = "" if args.mode == "default" else f"_{args.mode}"
+    out = args.out or REPO / "benchmarks" / "results" / f"decode_compile_{args.device}{mode}_{args.threads}t.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
