@@ -163,6 +163,35 @@ def test_encode_and_decode_in_other_processes_threads_and_batch_sizes(tiny, test
     assert [w.tobytes() for w in here.streams] == [w.tobytes() for w in there.streams]
 
 
+def test_chunks_coded_side_by_side_equal_one_chunk_at_a_time(tiny, test_set):
+    """At 2 threads on a CPU that can fork, the chunks are coded in two worker processes (each run is
+    single-threaded anyway): the same bytes as one chunk at a time, decoded to the same images, and
+    a damaged file still ends in a `CodecError`, not in a worker's crash."""
+    from fractalgm.codec.api import _side_by_side
+    from fractalgm.runtime import can_fork
+
+    if not can_fork():
+        pytest.skip("no safe fork here")
+    model, folder = tiny
+    images = test_set[0]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _side_by_side(model, 3).processes and _side_by_side(model, 3).workers == 2
+        side = encode(model, images, chunk=CHUNK, batch_size=2, model_name=folder)  # 3 chunks
+        assert torch.equal(decode(model, side, batch_size=2, model_name=folder), torch.from_numpy(images))
+        c = unpack(side)
+        c.streams[3], c.streams[4] = c.streams[4], c.streams[3]  # two images' words swapped
+        with pytest.raises(CodecError):
+            decode(model, pack(c), batch_size=2, model_name=folder)
+        torch.set_num_threads(1)
+        assert not _side_by_side(model, 3).processes
+        one = encode(model, images, chunk=CHUNK, batch_size=2, model_name=folder)
+    finally:
+        torch.set_num_threads(threads)
+    assert side == one
+
+
 # ---------------------------------------------------------------------------- refusals
 def _flip(data: bytes, pos: int) -> bytes:
     return data[:pos] + bytes([data[pos] ^ 0x10]) + data[pos + 1:]

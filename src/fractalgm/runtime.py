@@ -141,7 +141,8 @@ class side_by_side:
                     raise RuntimeError(f"a sampling worker exited with code {child.exitcode} "
                                        f"before finishing its {left} item(s)") from None
                 if not ok:
-                    raise RuntimeError(f"a sampling worker failed:\n{value}")
+                    error, where = value
+                    raise error from WorkerTraceback(where)
                 links[reader][1] -= 1
                 if links[reader][1] == 0:
                     del links[reader]
@@ -158,14 +159,28 @@ class side_by_side:
             torch.set_num_threads(self.threads)
 
 
+class WorkerTraceback(Exception):
+    """Where a forked worker's error was raised: the cause of the error re-raised in the parent."""
+
+
 def _work(fn, items, link):
-    """A forked worker's loop: `fn` over its items, each result (or the error) sent back at once."""
+    """A forked worker's loop: `fn` over its items, each result (or the error) sent back at once.
+
+    The error goes back as itself (the caller catches its type, e.g. `CodecError`) with the worker's
+    traceback as its cause; one that cannot be pickled goes back as a RuntimeError with its text.
+    """
     torch.set_num_threads(1)  # before any parallel region: the inherited pool is unusable
     try:
         for item in items:
             link.send((True, fn(item)))
-    except BaseException:
+    except BaseException as e:
+        import pickle
         import traceback
 
-        link.send((False, traceback.format_exc()))
+        where = "in a worker:\n" + traceback.format_exc()
+        try:
+            pickle.dumps(e)
+        except Exception:
+            e = RuntimeError(f"a worker failed:\n{where}")
+        link.send((False, (e, where)))
     link.close()

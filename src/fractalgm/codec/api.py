@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..runtime import batch_workers, can_fork, side_by_side
 from .coding import CODER, PRECISION
 from .container import Container, pack, pixel_crc, unpack
 from .engine import THREADS, check_codable, decode_rows, encode_rows
@@ -42,6 +43,17 @@ def _batches(count: int, chunk: int, batch_size: int | None):
     return [slice(i, min(i + size, count)) for i in range(0, count, size)]
 
 
+def _side_by_side(model, runs: int):
+    """Runs on a CPU that can fork go side by side in processes, one per intra-op thread of this one.
+
+    Every run is single-threaded (`engine.THREADS`) whatever the process's setting, so a second core
+    otherwise idles; a forked run computes exactly what it would here. Threads are never used: they
+    would share (and restore under each other) the process's intra-op thread count.
+    """
+    fork = model.device.type == "cpu" and can_fork()
+    return side_by_side(batch_workers(model.device, runs) if fork else 1, processes=fork)
+
+
 def encode(model, images, labels=None, *, names: list[str] | None = None, chunk: int = DEFAULT_CHUNK,
            batch_size: int | None = None, model_name: str | None = None, progress: bool = False) -> bytes:
     """The `.fgm` bytes of uint8 images (B, C, H, W) (tensor or array), optionally with class labels.
@@ -58,11 +70,19 @@ def encode(model, images, labels=None, *, names: list[str] | None = None, chunk:
     if names is not None and len(names) != len(images):
         raise CodecError(f"{len(names)} names for {len(images)} images")
     labels = _check_labels(model, labels, len(images))
-    streams = []
-    with tqdm(total=len(images), unit="img", desc="compress", disable=not progress) as bar:
-        for part in _batches(len(images), chunk, batch_size):
-            streams += encode_rows(model, images[part], None if labels is None else labels[part], chunk)
-            bar.update(part.stop - part.start)
+    parts = _batches(len(images), chunk, batch_size)
+
+    def code(k: int):
+        part = parts[k]
+        return k, encode_rows(model, images[part], None if labels is None else labels[part], chunk)
+
+    coded = [None] * len(parts)
+    with tqdm(total=len(images), unit="img", desc="compress", disable=not progress) as bar, \
+            _side_by_side(model, len(parts)) as run:
+        for k, words in run(code, range(len(parts))):
+            coded[k] = words
+            bar.update(len(words))
+    streams = [words for part in coded for words in part]
     header = {**model_fields(model, model_name), **runtime(model), "shape": list(_shape(model)), "chunk": chunk,
               "threads": THREADS, "coder": CODER, "precision": PRECISION, "num_classes": model.config.num_classes}
     return pack(Container(header, streams, [pixel_crc(im) for im in images], labels, names))
@@ -90,14 +110,20 @@ def decode(model, data: bytes | Container, *, index: list[int] | None = None, ba
     if bad:
         raise CodecError(f"image index {bad[0]} is out of range: the file holds {len(c)} images (0..{len(c) - 1})")
     out = np.zeros((len(index), *_shape(model)), dtype=np.uint8)
-    with tqdm(total=len(index), unit="img", desc="decompress", disable=not progress) as bar:
-        for part in _batches(len(index), c.header["chunk"], batch_size):
-            which = index[part]
-            labels = None if c.labels is None else c.labels[which]
-            out[part] = decode_rows(model, [c.streams[i] for i in which], labels, c.header["chunk"])
-            for i, image in zip(which, out[part]):
+    parts = _batches(len(index), c.header["chunk"], batch_size)
+
+    def run_part(k: int):
+        which = index[parts[k]]
+        labels = None if c.labels is None else c.labels[which]
+        return k, decode_rows(model, [c.streams[i] for i in which], labels, c.header["chunk"])
+
+    with tqdm(total=len(index), unit="img", desc="decompress", disable=not progress) as bar, \
+            _side_by_side(model, len(parts)) as run:
+        for k, images in run(run_part, range(len(parts))):
+            out[parts[k]] = images
+            for i, image in zip(index[parts[k]], images):
                 if pixel_crc(image) != c.crcs[i]:
                     raise CodecError(f"image {i} does not match its checksum: decoding went out of step "
                                      "(the model's arithmetic differs from the encoder's)")
-            bar.update(len(which))
+            bar.update(len(images))
     return torch.from_numpy(out)
