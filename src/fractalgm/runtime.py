@@ -138,7 +138,7 @@ class side_by_side:
                     ok, value = reader.recv()
                 except EOFError:  # the worker died without a word (killed, out of memory)
                     child.join()
-                    raise RuntimeError(f"a sampling worker exited with code {child.exitcode} "
+                    raise RuntimeError(f"a worker process exited with code {child.exitcode} "
                                        f"before finishing its {left} item(s)") from None
                 if not ok:
                     error, where = value
@@ -179,7 +179,7 @@ def _work(fn, items, link):
 
         where = "in a worker:\n" + traceback.format_exc()
         try:
-            pickle.dumps(e)
+            pickle.loads(pickle.dumps(e))
         except Exception:
             e = RuntimeError(f"a worker failed:\n{where}")
         link.send((False, (e, where)))
