@@ -85,7 +85,8 @@ def generate_samples_npz(model, out: str | Path, num_images: int, *, batch_size:
     `workers` batches are sampled side by side (default: `runtime.batch_workers`: on a multi-core
     CPU, forked processes on one thread each on Linux, two threads elsewhere). Each batch has its own
     seed, so the images do not depend on how batches are spread, only (rarely) on the intra-op
-    threads each batch gets (see `runtime.side_by_side`).
+    threads each batch gets (see `runtime.side_by_side`): a batch sampled alone (the only one, or the
+    last of a resumed run) gets all threads, the others one each.
     """
     out = Path(out)
     if out.suffix != ".npz":
